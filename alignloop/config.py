@@ -1,0 +1,283 @@
+"""Typed, frozen configuration loaded from params.yaml.
+
+Every field carries help text (``alignloop config --help-fields`` prints it). Loading validates the whole
+file at once: unknown keys, wrong types and impossible values are all listed together, each with its key
+path, its line in params.yaml and how to fix it, before any stage does work.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+ROUND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message lists every problem with its key path, line and fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Section):
+    """The embedded synthetic task (used when data.source is 'embedded')."""
+
+    num_prompts: int = Field(480, gt=0, description="Distinct prompts generated (topics x templates x styles, capped).")
+    sft_per_prompt: int = Field(4, gt=0, description="SFT demonstrations per prompt, of mixed quality.")
+    pairs_per_prompt: int = Field(2, ge=0, description="Annotated preference pairs per prompt.")
+    annotator_temperature: float = Field(
+        0.5, gt=0, description="Bradley-Terry temperature of simulated annotators: P(a>b)=sigmoid((g_a-g_b)/T)."
+    )
+    good_demo_fraction: float = Field(
+        0.35, ge=0, le=1, description="Share of SFT demonstrations written by a careful writer; the rest are noisy."
+    )
+
+
+class DataConfig(_Section):
+    source: Literal["embedded", "jsonl", "hub"] = Field(
+        "embedded",
+        description="'embedded': the synthetic task; 'jsonl': local files in a hub shape; 'hub': a dataset name "
+        "or a local dataset directory loaded with datasets.load_dataset.",
+    )
+    path: str | None = Field(None, description="jsonl: file path; hub: dataset name (e.g. 'Anthropic/hh-rlhf') or local dir.")
+    adapter: Literal["auto", "alignloop", "pairs", "messages", "hh"] = Field(
+        "auto",
+        description="How to read rows: 'pairs' (prompt/chosen/rejected strings), 'messages' (chosen/rejected chat "
+        "lists), 'hh' (full HH-style dialogues), 'alignloop' (the raw corpus of the embedded task), 'auto' detects.",
+    )
+    split: str = Field("train", description="hub: the split to load.")
+    revision: str | None = Field(None, description="hub: the dataset revision (commit) to pin for reproducibility.")
+    max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of the source (None: all).")
+
+
+class CurateConfig(_Section):
+    eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of distinct prompts held out for evaluation.")
+    min_response_chars: int = Field(1, ge=1, description="Drop SFT/pair responses shorter than this.")
+    max_response_chars: int = Field(2000, gt=0, description="Drop SFT/pair responses longer than this.")
+    max_prompt_chars: int = Field(2000, gt=0, description="Drop prompts longer than this.")
+
+
+class ArchConfig(_Section):
+    """Shape of the Llama-style model built from config when model.name_or_path is 'embedded'."""
+
+    hidden_size: int = Field(192, gt=0, description="Model width.")
+    num_layers: int = Field(4, gt=0, description="Transformer blocks.")
+    num_heads: int = Field(6, gt=0, description="Attention heads (hidden_size must be divisible by it).")
+    intermediate_size: int = Field(512, gt=0, description="MLP width.")
+    vocab_size: int = Field(512, ge=300, description="Byte-level BPE vocabulary trained on the corpus.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ArchConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "embedded", description="'embedded' builds a tiny model and tokenizer; else a hub id or local dir (safetensors)."
+    )
+    revision: str | None = Field(None, description="Hub revision (commit) to pin.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off: only built-in architectures.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for training/generation.")
+    max_length: int = Field(96, gt=8, description="Max tokens of prompt+response seen in training and generation.")
+    arch: ArchConfig = Field(default_factory=ArchConfig, description="Tiny-model shape (embedded only).")
+
+
+class SFTConfig(_Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the demonstrations.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (cosine schedule).")
+    batch_size: int = Field(32, gt=0, description="Examples per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps for LR warm-up.")
+
+
+class RewardModelConfig(_Section):
+    init: Literal["sft", "base"] = Field("sft", description="Backbone: the SFT policy or the base model.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the preference pairs.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(32, gt=0, description="Pairs per optimizer step.")
+
+
+class GenerateConfig(_Section):
+    n: int = Field(4, ge=1, description="Samples per prompt (best and worst of n make a pair).")
+    max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    batch_size: int = Field(64, gt=0, description="Prompts per generate() call (each expands to n sequences).")
+    max_prompts: int | None = Field(None, gt=0, description="Use the first N training prompts (None: all).")
+
+
+class ScoreConfig(_Section):
+    batch_size: int = Field(128, gt=0, description="Sequences per reward-model forward pass.")
+
+
+class PairsConfig(_Section):
+    strategy: Literal["max_min"] = Field("max_min", description="Pair selection: best vs worst of n by reward.")
+    min_margin: float = Field(0.1, ge=0, description="Drop prompts whose best-worst reward gap is below this.")
+
+
+class DPOConfig(_Section):
+    beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss_type.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing (sigmoid loss).")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the round's pairs.")
+    batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
+    ref: Literal["sft", "prev"] = Field("sft", description="Reference model: fixed at SFT, or the previous round's policy.")
+
+
+class EvaluateConfig(_Section):
+    max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature for evaluation samples.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    samples_per_prompt: int = Field(2, ge=1, description="Samples per held-out prompt.")
+    batch_size: int = Field(64, gt=0, description="Prompts per generate() call.")
+    seed: int = Field(1234, description="Evaluation sampling seed (fixed so rounds are compared on equal terms).")
+
+
+class RoundConfig(_Section):
+    algo: Literal["dpo"] = Field("dpo", description="Round algorithm (dpo; ppo and raft come later).")
+    prev: str = Field(description="Policy the round starts from: 'sft' or an earlier round's name.")
+    generate: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level generate section.")
+    score: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level score section.")
+    pairs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level pairs section.")
+    dpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level dpo section.")
+
+
+class Params(_Section):
+    experiment: str = Field("alignloop", description="MLflow experiment name; registered model is '<experiment>-policy'.")
+    seed: int = Field(0, description="Global seed: corpus, splits, init, sampling.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Embedded synthetic task.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the raw data comes from.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Validation, dedup, filters and split.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model and tokenizer.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning (TRL SFTTrainer).")
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward model (TRL RewardTrainer).")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Default rejection-sampling settings.")
+    score: ScoreConfig = Field(default_factory=ScoreConfig, description="Default reward scoring settings.")
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description="Default pair selection.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Default DPO settings (TRL DPOTrainer).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
+    rounds: dict[str, RoundConfig] = Field(default_factory=dict, description="Ordered rounds, each naming its 'prev'.")
+
+    @model_validator(mode="after")
+    def _check_rounds(self) -> "Params":
+        errors = []
+        seen = ["sft"]
+        for name, rnd in self.rounds.items():
+            if not ROUND_NAME.match(name) or name == "sft":
+                errors.append(f"rounds.{name}: invalid round name (fix: letters, digits, '_'; not 'sft')")
+            if rnd.prev not in seen:
+                errors.append(
+                    f"rounds.{name}.prev: '{rnd.prev}' is not 'sft' or an earlier round "
+                    f"(fix: one of {seen})"
+                )
+            seen.append(name)
+            for section, model in (("generate", GenerateConfig), ("score", ScoreConfig), ("pairs", PairsConfig), ("dpo", DPOConfig)):
+                try:
+                    model(**{**getattr(self, section).model_dump(), **getattr(rnd, section)})
+                except ValidationError as exc:
+                    for e in exc.errors():
+                        loc = ".".join(str(p) for p in e["loc"])
+                        errors.append(f"rounds.{name}.{section}.{loc}: {e['msg']}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    # --- per-round effective settings ---------------------------------------------------------
+    def round_section(self, round_name: str, section: str):
+        rnd = self.rounds[round_name]
+        base = getattr(self, section)
+        return type(base)(**{**base.model_dump(), **getattr(rnd, section)})
+
+    def policy_dir(self, name: str) -> str:
+        return "data/models/sft" if name == "sft" else f"data/rounds/{name}/policy"
+
+
+# --- loading with line numbers ------------------------------------------------------------------
+
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+    """Map key paths (tuples) to 1-based line numbers in the YAML source."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            p = path + (key_node.value,)
+            out[p] = key_node.start_mark.line + 1
+            _line_index(value_node, p, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            p = path + (i,)
+            out[p] = item.start_mark.line + 1
+            _line_index(item, p, out)
+    return out
+
+
+_FIXES = {
+    "extra_forbidden": "remove it or check its spelling against `alignloop config --help-fields`",
+    "missing": "add it",
+}
+
+
+def _format_errors(exc: ValidationError, source: str, lines: dict) -> str:
+    msgs = []
+    for e in exc.errors():
+        loc = tuple(e["loc"])
+        # Find the deepest key path that has a line number.
+        line = None
+        for k in range(len(loc), 0, -1):
+            if loc[:k] in lines:
+                line = lines[loc[:k]]
+                break
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        where = f"{source}:{line}" if line else source
+        if e["type"] == "value_error":
+            # Our own validators pack several messages with their paths into one.
+            for part in str(e["msg"]).removeprefix("Value error, ").split("; "):
+                msgs.append(f"{where}: {part}")
+            continue
+        fix = _FIXES.get(e["type"], "give a value of the right type/range")
+        got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e.get("input"), dict) else ""
+        msgs.append(f"{where}: {key}: {e['msg']}{got} (fix: {fix})")
+    return f"{source}: {len(msgs)} problem(s):\n" + "\n".join(f"  {m}" for m in msgs)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found (fix: run from the repo root, or copy params.yaml from the repo)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (fix: see README 'Params reference')")
+    lines = _line_index(node) if node is not None else {}
+    try:
+        return Params(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path), lines)) from None
+
+
+def field_help(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, help) for every field, recursively — the params reference."""
+    rows = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.append((key, "", f.description or ""))
+            rows.extend(field_help(ann, key + "."))
+        else:
+            default = "" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            rows.append((key, default, f.description or ""))
+    return rows

@@ -1,0 +1,60 @@
+"""Pair selection from scored samples (pure functions)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def group_by_prompt(samples: list[dict], scores: list[dict]) -> dict:
+    """Join samples and scores on (prompt_id, sample_idx) into {prompt_id: [(sample, reward), ...]}.
+
+    Raises KeyError naming the first sample that has no score.
+    """
+    reward = {(s["prompt_id"], s["sample_idx"]): s["reward"] for s in scores}
+    groups: dict = defaultdict(list)
+    for s in samples:
+        key = (s["prompt_id"], s["sample_idx"])
+        if key not in reward:
+            raise KeyError(f"sample {key} has no score (fix: rerun the score stage)")
+        groups[s["prompt_id"]].append((s, reward[key]))
+    return dict(groups)
+
+
+def max_min_pair(candidates: list[tuple[dict, float]], min_margin: float) -> tuple[dict, dict, float, float] | None:
+    """Best vs worst of n by reward (RLHF Workflow's rejection sampling).
+
+    Returns ``(chosen, rejected, r_chosen, r_rejected)`` or None when there is no usable pair: fewer than
+    two samples, a margin below ``min_margin`` (ties included), or identical texts. Ties in reward are broken
+    by sample order (first best, last worst), so the result is deterministic.
+    """
+    if len(candidates) < 2:
+        return None
+    best = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
+    worst = min(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
+    (c, rc), (r, rr) = candidates[best], candidates[worst]
+    margin = rc - rr
+    if best == worst or margin <= 0 or margin < min_margin:
+        return None
+    if c["response"].strip() == r["response"].strip() or not c["response"].strip():
+        return None
+    return c, r, rc, rr
+
+
+def select_pairs(groups: dict, min_margin: float, round_name: str) -> list[dict]:
+    """One preference pair per prompt (best vs worst), in prompt-id order."""
+    pairs = []
+    for pid in sorted(groups):
+        picked = max_min_pair(groups[pid], min_margin)
+        if picked is None:
+            continue
+        c, r, rc, rr = picked
+        pairs.append({
+            "id": f"{round_name}-{pid}",
+            "prompt": c["prompt"],
+            "chosen": c["response"],
+            "rejected": r["response"],
+            "chosen_score": rc,
+            "rejected_score": rr,
+            "source": f"rejection_sampling:{round_name}",
+        })
+    return pairs

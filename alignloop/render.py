@@ -1,0 +1,190 @@
+"""Render dvc.yaml from params.yaml.
+
+DVC pipelines are static DAGs; rounds are a list in params.yaml whose length and algorithms change. A plain
+``foreach`` cannot give each round only the stages its algorithm needs, nor depend on exactly the params keys
+a stage reads, so dvc.yaml is generated here and committed. ``alignloop render`` rewrites it,
+``alignloop render --check`` (and every stage at start) fails when it is stale.
+
+Each stage lists precisely the params keys it reads, so e.g. changing ``rounds.r2.dpo.beta`` reruns
+``dpo_r2`` and what follows, and nothing before it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from alignloop.config import Params
+
+HEADER = "# GENERATED from params.yaml by `alignloop render` -- do not edit; edit params.yaml and re-render.\n"
+PY = "python -m alignloop.stages."
+
+COMMON = ["alignloop/config.py", "alignloop/io.py", "alignloop/stages/_cli.py"]
+MODEL = COMMON + ["alignloop/modeling.py"]
+TRAIN = MODEL + ["alignloop/stages/_train.py"]
+INFER = MODEL + ["alignloop/inference.py"]
+
+
+def _round_keys(raw_rounds: dict, name: str, sections: list[str]) -> list[str]:
+    """The params keys of round ``name`` a stage reads: the round's ``prev`` plus the override sections present."""
+    keys = [f"rounds.{name}.prev"]
+    for s in sections:
+        if s in (raw_rounds.get(name) or {}):
+            keys.append(f"rounds.{name}.{s}")
+    return keys
+
+
+def _eval_outs(name: str) -> tuple[str, str]:
+    if name == "sft":
+        return "data/eval/sft.json", "data/eval/sft_samples.jsonl"
+    return f"data/rounds/{name}/eval.json", f"data/rounds/{name}/eval_samples.jsonl"
+
+
+def render(params: Params, raw: dict) -> dict:
+    """dvc.yaml as a dict for validated ``params`` (``raw`` is the YAML mapping, to see which keys exist)."""
+    embedded_data = params.data.source == "embedded"
+    stages: dict[str, dict] = {}
+    if embedded_data:
+        stages["prepare"] = {
+            "cmd": PY + "prepare",
+            "deps": COMMON + ["alignloop/task.py", "alignloop/stages/prepare.py"],
+            "params": ["seed", "task"],
+            "outs": ["data/raw"],
+        }
+    curate_deps = COMMON + ["alignloop/adapters.py", "alignloop/curate.py", "alignloop/stages/curate.py"]
+    if embedded_data:
+        curate_deps.append("data/raw")
+    elif params.data.source == "jsonl" and params.data.path:
+        curate_deps.append(params.data.path)
+    stages["curate"] = {
+        "cmd": PY + "curate",
+        "deps": curate_deps,
+        "params": ["seed", "data", "curate"],
+        "outs": [
+            "data/curated/prompts/train.jsonl", "data/curated/prompts/eval.jsonl", "data/curated/sft.jsonl",
+            "data/curated/prefs/train.jsonl", "data/curated/prefs/eval.jsonl", "data/curated/quarantine.jsonl",
+        ],
+        "metrics": [{"data/curated/metrics.json": {"cache": False}}],
+    }
+    stages["base"] = {
+        "cmd": PY + "base",
+        "deps": MODEL + ["alignloop/stages/base.py", "data/curated/sft.jsonl", "data/curated/prefs/train.jsonl",
+                         "data/curated/prefs/eval.jsonl"],
+        "params": ["seed", "model"],
+        "outs": ["data/models/base"],
+    }
+    stages["sft"] = {
+        "cmd": PY + "sft",
+        "deps": TRAIN + ["alignloop/stages/sft.py", "data/models/base", "data/curated/sft.jsonl"],
+        "params": ["seed", "model", "sft"],
+        "outs": ["data/models/sft"],
+        "metrics": [{"data/models/sft.metrics.json": {"cache": False}}],
+    }
+    rm_init = "data/models/sft" if params.reward_model.init == "sft" else "data/models/base"
+    rm_deps = TRAIN + ["alignloop/inference.py", "alignloop/metrics.py", "alignloop/stages/reward_model.py", rm_init,
+                       "data/curated/prefs/train.jsonl", "data/curated/prefs/eval.jsonl"]
+    if embedded_data:
+        rm_deps.append("alignloop/task.py")
+    stages["reward_model"] = {
+        "cmd": PY + "reward_model",
+        "deps": rm_deps,
+        "params": ["seed", "model", "reward_model", "score.batch_size", "data.source"],
+        "outs": ["data/models/rm"],
+        "metrics": [{"data/models/rm.metrics.json": {"cache": False}}],
+    }
+    eval_deps = INFER + ["alignloop/metrics.py", "alignloop/stages/evaluate.py", "data/curated/prompts/eval.jsonl",
+                         "data/models/rm"] + (["alignloop/task.py"] if embedded_data else [])
+    eval_params = ["model", "evaluate", "score.batch_size", "data.source"]
+    sft_json, sft_samples = _eval_outs("sft")
+    stages["evaluate_sft"] = {
+        "cmd": PY + "evaluate --round sft",
+        "deps": eval_deps + ["data/models/sft"],
+        "params": eval_params,
+        "outs": [sft_samples],
+        "metrics": [{sft_json: {"cache": False}}],
+    }
+    raw_rounds = raw.get("rounds") or {}
+    for name, rnd in params.rounds.items():
+        d = f"data/rounds/{name}"
+        prev_policy = params.policy_dir(rnd.prev)
+        stages[f"generate_{name}"] = {
+            "cmd": PY + f"generate --round {name}",
+            "deps": INFER + ["alignloop/stages/generate.py", prev_policy, "data/curated/prompts/train.jsonl"],
+            "params": ["seed", "model", "generate"] + _round_keys(raw_rounds, name, ["generate"]),
+            "outs": [f"{d}/samples.jsonl"],
+        }
+        stages[f"score_{name}"] = {
+            "cmd": PY + f"score --round {name}",
+            "deps": INFER + ["alignloop/metrics.py", "alignloop/stages/score.py", "data/models/rm", f"{d}/samples.jsonl"],
+            "params": ["model", "score"] + _round_keys(raw_rounds, name, ["score"]),
+            "outs": [f"{d}/scores.jsonl"],
+        }
+        stages[f"pairs_{name}"] = {
+            "cmd": PY + f"pairs --round {name}",
+            "deps": COMMON + ["alignloop/pairs.py", "alignloop/stages/pairs.py", f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
+            "params": ["pairs"] + _round_keys(raw_rounds, name, ["pairs"]),
+            "outs": [f"{d}/pairs.jsonl"],
+            "metrics": [{f"{d}/pairs_metrics.json": {"cache": False}}],
+        }
+        dpo_cfg = params.round_section(name, "dpo")
+        ref_policy = params.policy_dir("sft" if dpo_cfg.ref == "sft" else rnd.prev)
+        stages[f"dpo_{name}"] = {
+            "cmd": PY + f"dpo --round {name}",
+            "deps": TRAIN + ["alignloop/stages/dpo.py", "alignloop/stages/reward_model.py", prev_policy,
+                             *([ref_policy] if ref_policy != prev_policy else []), f"{d}/pairs.jsonl"],
+            "params": ["seed", "model", "dpo", f"rounds.{name}.algo"] + _round_keys(raw_rounds, name, ["dpo"]),
+            "outs": [f"{d}/policy"],
+            "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
+        }
+        r_json, r_samples = _eval_outs(name)
+        stages[f"evaluate_{name}"] = {
+            "cmd": PY + f"evaluate --round {name}",
+            "deps": eval_deps + [f"{d}/policy", "data/models/sft", sft_samples],
+            "params": eval_params,
+            "outs": [r_samples],
+            "metrics": [{r_json: {"cache": False}}],
+        }
+    stages["report"] = {
+        "cmd": PY + "report",
+        "deps": COMMON + ["alignloop/stages/report.py", sft_json] + [_eval_outs(n)[0] for n in params.rounds],
+        "params": ["rounds"],
+        "plots": [{"data/report/rounds.json": {"cache": False}}],
+        "metrics": [{"data/report/summary.json": {"cache": False}}],
+    }
+    plots = [
+        {"reward": {"x": "step", "y": {"data/report/rounds.json": ["proxy_reward", "gold_reward"]} if embedded_data
+                    else {"data/report/rounds.json": ["proxy_reward"]}, "title": "Reward by round", "x_label": "round"}},
+        {"win_rate": {"x": "step", "y": {"data/report/rounds.json": ["win_rate_vs_sft_proxy"]
+                                          + (["win_rate_vs_sft_gold"] if embedded_data else [])},
+                      "title": "Win-rate vs SFT", "x_label": "round"}},
+        {"kl": {"x": "step", "y": {"data/report/rounds.json": ["kl_to_sft"]}, "title": "KL to SFT", "x_label": "round"}},
+        {"length": {"x": "step", "y": {"data/report/rounds.json": ["length_tokens"]}, "title": "Response length",
+                    "x_label": "round"}},
+        {"diversity": {"x": "step", "y": {"data/report/rounds.json": ["distinct_2"]}, "title": "Distinct-2",
+                       "x_label": "round"}},
+    ]
+    return {"stages": stages, "plots": plots}
+
+
+def render_text(params: Params, raw: dict) -> str:
+    return HEADER + yaml.safe_dump(render(params, raw), sort_keys=False, width=120)
+
+
+def render_file(params_path: str | Path = "params.yaml") -> str:
+    from alignloop.config import load_params
+
+    params = load_params(params_path)
+    raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
+    return render_text(params, raw)
+
+
+def stale_message(params_path: str | Path = "params.yaml", dvc_path: str | Path = "dvc.yaml") -> str | None:
+    """None when dvc.yaml matches params.yaml, else a message that says how to fix it."""
+    dvc_path = Path(dvc_path)
+    if not dvc_path.exists():
+        return f"{dvc_path}: missing (fix: run `alignloop render`)"
+    if dvc_path.read_text(encoding="utf-8") != render_file(params_path):
+        return (f"{dvc_path} does not match {params_path} (rounds or sources changed since it was rendered) "
+                "(fix: run `alignloop render`, then `dvc repro`)")
+    return None

@@ -1,0 +1,49 @@
+"""What every stage entry point shares: argument parsing and turning known errors into clear exits."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from collections.abc import Callable
+
+from alignloop.config import ConfigError, Params, load_params
+from alignloop.io import DataError
+
+
+def stage_main(name: str, body: Callable[[Params, argparse.Namespace], None], *, needs_round: bool = False,
+               extra_rounds: tuple[str, ...] = (), argv: list[str] | None = None) -> int:
+    """Parse ``--params`` (and ``--round``), load and validate params, run ``body``.
+
+    Bad params, bad data and missing inputs end with ``error: ...`` on stderr and exit code 2, not a traceback:
+    the messages already name the file, the line and the fix.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m alignloop.stages.{name}")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if needs_round:
+        parser.add_argument("--round", required=True, help="round name from params.yaml 'rounds'")
+    args = parser.parse_args(argv)
+    # Tokenizers' own thread pool fights torch's for 2 cores; DVC runs stages one at a time anyway.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        params = load_params(args.params)
+        if Path("dvc.yaml").exists() and not os.environ.get("ALIGNLOOP_SKIP_RENDER_CHECK"):
+            from alignloop.render import stale_message
+
+            stale = stale_message(args.params, "dvc.yaml")
+            if stale:
+                raise ConfigError(stale)
+        if needs_round and args.round not in params.rounds and args.round not in extra_rounds:
+            raise ConfigError(
+                f"{args.params}: no round '{args.round}' under 'rounds' (fix: one of {[*extra_rounds, *params.rounds]}, "
+                "or add it and run `alignloop render`)"
+            )
+        from alignloop.modeling import set_threads
+
+        set_threads()
+        body(params, args)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,44 @@
+"""Stage `pairs`: best-vs-worst preference pairs from a round's scored samples."""
+
+from __future__ import annotations
+
+import sys
+
+from alignloop import io
+from alignloop.pairs import group_by_prompt, select_pairs
+from alignloop.stages._cli import stage_main
+from alignloop.tracking import stage_run
+
+
+def run(params, args) -> None:
+    r = args.round
+    p = params.round_section(r, "pairs")
+    samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample)
+    scores = io.read_jsonl(f"data/rounds/{r}/scores.jsonl", io.validate_score)
+    try:
+        groups = group_by_prompt(samples, scores)
+    except KeyError as exc:
+        raise io.DataError(f"data/rounds/{r}/scores.jsonl: {exc.args[0]}") from None
+    pairs = select_pairs(groups, p.min_margin, r)
+    if not pairs:
+        raise io.DataError(
+            f"data/rounds/{r}/scores.jsonl: no prompt produced a pair with margin >= {p.min_margin} "
+            f"(fix: lower rounds.{r}.pairs.min_margin or raise generate.n / temperature)"
+        )
+    out = f"data/rounds/{r}/pairs.jsonl"
+    io.write_jsonl(out, pairs)
+    margins = [x["chosen_score"] - x["rejected_score"] for x in pairs]
+    metrics = {"prompts": len(groups), "pairs": len(pairs), "yield": len(pairs) / len(groups),
+               "margin_mean": sum(margins) / len(margins)}
+    io.write_json(f"data/rounds/{r}/pairs_metrics.json", metrics)
+    print(f"pairs {r}: {len(pairs)} pairs from {len(groups)} prompts (mean margin {metrics['margin_mean']:.3f}) -> {out}")
+    with stage_run(params.experiment, "pairs", {"pairs": p.model_dump()}, r) as run:
+        run.log_metrics(metrics)
+
+
+def main(argv=None) -> int:
+    return stage_main("pairs", run, needs_round=True, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Stage `reward_model`: a Bradley-Terry reward model on the curated preference pairs (TRL RewardTrainer).
+
+The backbone is the SFT policy (default) or the base model, with a fresh scalar head. Held-out pair accuracy
+is measured on prefs/eval.jsonl by scoring each side the way the score stage will (chat-rendered full turn).
+On the embedded task the accuracy against the hidden gold ordering is reported too: it is what the policy
+will actually be optimised against.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from alignloop import io
+from alignloop.inference import reward_scores
+from alignloop.metrics import pair_accuracy
+from alignloop.modeling import as_messages, load_reward_model, load_tokenizer
+from alignloop.stages._cli import stage_main
+from alignloop.stages._train import common_args, log_curves, loss_summary
+from alignloop.tracking import stage_run
+
+TRAIN = "data/curated/prefs/train.jsonl"
+EVAL = "data/curated/prefs/eval.jsonl"
+OUT = "data/models/rm"
+
+
+def to_conversational(rows: list[dict]) -> list[dict]:
+    return [{
+        "prompt": as_messages(r["prompt"]),
+        "chosen": [{"role": "assistant", "content": r["chosen"]}],
+        "rejected": [{"role": "assistant", "content": r["rejected"]}],
+    } for r in rows]
+
+
+def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> dict[str, float]:
+    if not rows:
+        return {}
+    prompts = [r["prompt"] for r in rows]
+    kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
+    chosen = reward_scores(rm, tokenizer, prompts, [r["chosen"] for r in rows], desc="eval chosen", **kw)
+    rejected = reward_scores(rm, tokenizer, prompts, [r["rejected"] for r in rows], desc="eval rejected", **kw)
+    out = {"eval_pairs": len(rows), "eval_accuracy": pair_accuracy(chosen, rejected)}
+    if params.data.source == "embedded":
+        from alignloop.task import gold_reward
+
+        gold_c = [gold_reward(p, r["chosen"]) for p, r in zip(prompts, rows)]
+        gold_r = [gold_reward(p, r["rejected"]) for p, r in zip(prompts, rows)]
+        agree = [(c > r) == (gc > gr) for c, r, gc, gr in zip(chosen, rejected, gold_c, gold_r) if gc != gr]
+        out["eval_gold_accuracy"] = sum(agree) / len(agree) if agree else 0.0
+    return out
+
+
+def run(params, args) -> None:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    init = "data/models/sft" if params.reward_model.init == "sft" else "data/models/base"
+    train_rows = io.read_jsonl(TRAIN, io.validate_pair, id_key="id")
+    eval_rows = io.read_jsonl(EVAL, io.validate_pair, id_key="id", allow_empty=True)
+    tokenizer = load_tokenizer(init, params.model)
+    model = load_reward_model(init, params.model)  # fresh 1-output score head on the backbone
+    model.config.pad_token_id = tokenizer.pad_token_id
+    c = params.reward_model
+    config = RewardConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size))
+    trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(to_conversational(train_rows)),
+                            processing_class=tokenizer)
+    result = trainer.train()
+    metrics = {"train_pairs": len(train_rows), "train_runtime_s": result.metrics["train_runtime"],
+               **loss_summary(trainer.state.log_history), **heldout_accuracy(trainer.model, tokenizer, eval_rows, params)}
+    with io.atomic_dir(OUT) as tmp:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(tmp)
+    io.write_json(f"{OUT}.metrics.json", metrics)
+    print(f"reward_model: {len(train_rows)} pairs, held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}"
+          + (f", vs gold {metrics['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in metrics else "") + f"; saved {OUT}/")
+    with stage_run(params.experiment, "reward_model", params.model_dump(include={"reward_model", "model", "seed"})) as run:
+        log_curves(run, trainer.state.log_history, ("loss", "accuracy", "margin"))
+        run.log_metrics(metrics)
+
+
+def main(argv=None) -> int:
+    return stage_main("reward_model", run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
