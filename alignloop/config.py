@@ -76,7 +76,10 @@ class ArchConfig(_Section):
     @model_validator(mode="after")
     def _heads_divide(self) -> "ArchConfig":
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
+                "(fix: make hidden_size a multiple of num_heads)"
+            )
         return self
 
 
@@ -151,6 +154,41 @@ class RoundConfig(_Section):
     dpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level dpo section.")
 
 
+_ROUND_SECTIONS: dict[str, type[_Section]] = {
+    "generate": GenerateConfig, "score": ScoreConfig, "pairs": PairsConfig, "dpo": DPOConfig,
+}
+
+
+def _round_errors(rounds: dict, bases: dict[str, dict]) -> list[dict]:
+    """Problems of ``rounds`` (name -> mapping) as pydantic-style error dicts with full ``loc`` paths.
+
+    Checks round names, that each ``prev`` is 'sft' or an earlier round, and each override section merged over
+    ``bases[section]`` (the top-level section's values). Shared by the model validator and :func:`load_params`,
+    which reruns it on the raw YAML when field errors stopped pydantic before the model validator.
+    """
+    errors: list[dict] = []
+    seen = ["sft"]
+    for name, rnd in rounds.items():
+        if not isinstance(name, str) or not ROUND_NAME.match(name) or name == "sft":
+            errors.append({"loc": ("rounds", name), "type": "round",
+                           "msg": "invalid round name (fix: letters, digits, '_'; not 'sft')"})
+        rnd = rnd if isinstance(rnd, dict) else {}
+        prev = rnd.get("prev")
+        if isinstance(prev, str) and prev not in seen:
+            errors.append({"loc": ("rounds", name, "prev"), "type": "round",
+                           "msg": f"'{prev}' is not 'sft' or an earlier round (fix: one of {seen})"})
+        seen.append(name)
+        for section, model in _ROUND_SECTIONS.items():
+            override = rnd.get(section)
+            if not isinstance(override, dict):
+                continue  # absent, or a wrong type that field validation reports
+            try:
+                model.model_validate({**bases[section], **override})
+            except ValidationError as exc:
+                errors.extend({**e, "loc": ("rounds", name, section, *e["loc"])} for e in exc.errors())
+    return errors
+
+
 class Params(_Section):
     experiment: str = Field("alignloop", description="MLflow experiment name; registered model is '<experiment>-policy'.")
     seed: int = Field(0, description="Global seed: corpus, splits, init, sampling.")
@@ -169,26 +207,12 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _check_rounds(self) -> "Params":
-        errors = []
-        seen = ["sft"]
-        for name, rnd in self.rounds.items():
-            if not ROUND_NAME.match(name) or name == "sft":
-                errors.append(f"rounds.{name}: invalid round name (fix: letters, digits, '_'; not 'sft')")
-            if rnd.prev not in seen:
-                errors.append(
-                    f"rounds.{name}.prev: '{rnd.prev}' is not 'sft' or an earlier round "
-                    f"(fix: one of {seen})"
-                )
-            seen.append(name)
-            for section, model in (("generate", GenerateConfig), ("score", ScoreConfig), ("pairs", PairsConfig), ("dpo", DPOConfig)):
-                try:
-                    model(**{**getattr(self, section).model_dump(), **getattr(rnd, section)})
-                except ValidationError as exc:
-                    for e in exc.errors():
-                        loc = ".".join(str(p) for p in e["loc"])
-                        errors.append(f"rounds.{name}.{section}.{loc}: {e['msg']}")
+        errors = _round_errors(
+            {name: rnd.model_dump() for name, rnd in self.rounds.items()},
+            {section: getattr(self, section).model_dump() for section in _ROUND_SECTIONS},
+        )
         if errors:
-            raise ValueError("; ".join(errors))
+            raise ValueError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
         return self
 
     # --- per-round effective settings ---------------------------------------------------------
@@ -226,9 +250,9 @@ _FIXES = {
 }
 
 
-def _format_errors(exc: ValidationError, source: str, lines: dict) -> str:
+def _format_errors(errors: list[dict], source: str, lines: dict) -> str:
     msgs = []
-    for e in exc.errors():
+    for e in errors:
         loc = tuple(e["loc"])
         # Find the deepest key path that has a line number.
         line = None
@@ -238,10 +262,9 @@ def _format_errors(exc: ValidationError, source: str, lines: dict) -> str:
                 break
         key = ".".join(str(p) for p in loc) or "(top level)"
         where = f"{source}:{line}" if line else source
-        if e["type"] == "value_error":
-            # Our own validators pack several messages with their paths into one.
-            for part in str(e["msg"]).removeprefix("Value error, ").split("; "):
-                msgs.append(f"{where}: {part}")
+        if e["type"] in ("value_error", "round"):
+            # Our own checks: the message names the problem and its fix.
+            msgs.append(f"{where}: {key}: {str(e['msg']).removeprefix('Value error, ')}")
             continue
         fix = _FIXES.get(e["type"], "give a value of the right type/range")
         got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e.get("input"), dict) else ""
@@ -263,9 +286,20 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path}: the top level must be a mapping of sections (fix: see README 'Params reference')")
     lines = _line_index(node) if node is not None else {}
     try:
-        return Params(**raw)
+        return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, str(path), lines)) from None
+        # Field errors stop pydantic before the rounds check (a model validator), so the rounds are checked here
+        # on the raw mapping instead, and every problem is listed at once, each with its own line.
+        errors = [e for e in exc.errors() if e["loc"] or e["type"] != "value_error"]
+        rounds = raw.get("rounds") if isinstance(raw.get("rounds"), dict) else {}
+        bases = {}
+        for section, model in _ROUND_SECTIONS.items():
+            try:
+                bases[section] = model.model_validate(raw.get(section) or {}).model_dump()
+            except ValidationError:  # reported above; check the round overrides against the defaults
+                bases[section] = model().model_dump()
+        errors += _round_errors(rounds, bases)
+        raise ConfigError(_format_errors(errors, str(path), lines)) from None
 
 
 def field_help(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -23,10 +23,12 @@ def group_by_prompt(samples: list[dict], scores: list[dict]) -> dict:
 def max_min_pair(candidates: list[tuple[dict, float]], min_margin: float) -> tuple[dict, dict, float, float] | None:
     """Best vs worst of n by reward (RLHF Workflow's rejection sampling).
 
+    Empty responses are left out first: a preference pair needs text on both sides (the data contract).
     Returns ``(chosen, rejected, r_chosen, r_rejected)`` or None when there is no usable pair: fewer than
-    two samples, a margin below ``min_margin`` (ties included), or identical texts. Ties in reward are broken
-    by sample order (first best, last worst), so the result is deterministic.
+    two non-empty samples, a margin below ``min_margin`` (ties included), or identical texts. Ties in reward
+    are broken by sample order (first best, last worst), so the result is deterministic.
     """
+    candidates = [c for c in candidates if c[0]["response"].strip()]
     if len(candidates) < 2:
         return None
     best = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
@@ -35,7 +37,7 @@ def max_min_pair(candidates: list[tuple[dict, float]], min_margin: float) -> tup
     margin = rc - rr
     if best == worst or margin <= 0 or margin < min_margin:
         return None
-    if c["response"].strip() == r["response"].strip() or not c["response"].strip():
+    if c["response"].strip() == r["response"].strip():
         return None
     return c, r, rc, rr
 

@@ -1,0 +1,230 @@
+"""params.yaml loading: defaults, every problem listed at once with its key path and line, frozen configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from alignloop import config as cfg
+from alignloop.config import ConfigError, DPOConfig, Params, field_help, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(message: str) -> list[str]:
+    """The problem lines of a ConfigError message (after the 'N problem(s):' header)."""
+    return [line.strip() for line in message.splitlines()[1:]]
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def test_defaults_load(tmp_path: Path):
+    p = load_params(write(tmp_path, "seed: 3\n"))
+    assert p.seed == 3
+    assert p == Params(seed=3)
+    assert (p.dpo.beta, p.dpo.ref, p.generate.n, p.pairs.min_margin) == (0.1, "sft", 4, 0.1)
+    assert p.model.arch.hidden_size == 192
+    assert p.rounds == {}
+    # an empty file (or only comments) is all defaults
+    assert load_params(write(tmp_path, "# nothing\n")) == Params()
+
+
+def test_repo_params_load():
+    p = load_params(REPO / "params.yaml")
+    assert list(p.rounds) and all(r.algo == "dpo" for r in p.rounds.values())
+    first = next(iter(p.rounds.values()))
+    assert first.prev == "sft"
+
+
+# line numbers are the point of this file: keep them in sync with the comments
+SEVERAL = """\
+experiment: test
+seed: 0
+colour: blue
+sft:
+  lrr: 0.1
+dpo:
+  beta: "high"
+generate:
+  n: 0
+rounds:
+  r1:
+    prev: sft
+    dpo: {beta: -2}
+  r2:
+    prev: r9
+"""
+# 3: unknown top-level key      5: unknown nested key       7: wrong type
+# 9: impossible value           13: bad per-round override  15: prev names a missing round
+
+
+def test_several_problems_are_all_listed_with_lines(tmp_path: Path):
+    path = write(tmp_path, SEVERAL)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    msg = str(info.value)
+    found = problems(msg)
+    assert msg.startswith(f"{path}: 6 problem(s):"), msg
+    expected = {
+        "colour": 3,
+        "sft.lrr": 5,
+        "dpo.beta": 7,
+        "generate.n": 9,
+        "rounds.r1.dpo.beta": 13,
+        "rounds.r2.prev": 15,
+    }
+    for key, line in expected.items():
+        assert any(p.startswith(f"{path}:{line}: {key}: ") for p in found), f"{key} at line {line} not in:\n{msg}"
+    assert len(found) == 6
+    assert all("(fix:" in p for p in found), msg
+    assert "'high'" in msg  # the offending value is shown
+    assert "'r9'" in msg
+
+
+def test_round_problems_alone_have_lines(tmp_path: Path):
+    text = (
+        "dpo:\n"                        # 1
+        "  beta: 0.1\n"                 # 2
+        "rounds:\n"                     # 3
+        "  r1:\n"                       # 4
+        "    prev: sft\n"               # 5
+        "    dpo: {beta: -1}\n"         # 6
+        "  r2:\n"                       # 7
+        "    prev: r3\n"                # 8
+        "  sft:\n"                      # 9
+        "    prev: r1\n"                # 10
+        "    generate: {n: 0}\n"        # 11
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    found = problems(str(info.value))
+    assert len(found) == 4, str(info.value)
+    assert any(p.startswith(f"{path}:6: rounds.r1.dpo.beta: ") for p in found), found
+    assert any(p.startswith(f"{path}:8: rounds.r2.prev: ") for p in found), found
+    assert any(p.startswith(f"{path}:9: rounds.sft: ") for p in found), found  # reserved name
+    assert any(p.startswith(f"{path}:11: rounds.sft.generate.n: ") for p in found), found
+
+
+def test_round_override_unknown_key(tmp_path: Path):
+    path = write(tmp_path, "rounds:\n  r1:\n    prev: sft\n    dpo:\n      betta: 0.2\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert f"{path}:5: rounds.r1.dpo.betta: " in str(info.value)
+
+
+def test_model_level_check_names_its_section(tmp_path: Path):
+    path = write(tmp_path, "model:\n  arch:\n    hidden_size: 100\n    num_heads: 6\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert f"{path}:2: model.arch: " in str(info.value)
+    assert "not divisible" in str(info.value)
+
+
+def test_impossible_values(tmp_path: Path):
+    path = write(tmp_path, "dpo:\n  beta: -1\ncurate:\n  eval_fraction: 1.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    msg = str(info.value)
+    assert f"{path}:2: dpo.beta: " in msg and "greater than 0" in msg and "(got -1)" in msg
+    assert f"{path}:4: curate.eval_fraction: " in msg
+
+
+def test_round_missing_prev(tmp_path: Path):
+    path = write(tmp_path, "rounds:\n  r1:\n    algo: dpo\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert f"{path}:2: rounds.r1.prev: Field required" in str(info.value)
+
+
+def test_invalid_yaml(tmp_path: Path):
+    path = write(tmp_path, "dpo:\n  beta: [0.1\nsft: {\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_top_level_not_a_mapping(tmp_path: Path):
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+# --- behaviour of the loaded config -----------------------------------------------------------------
+
+
+def test_round_section_merges_overrides_over_defaults(tmp_path: Path):
+    path = write(tmp_path, "dpo:\n  beta: 0.1\n  lr: 0.001\nrounds:\n  r1:\n    prev: sft\n"
+                           "  r2:\n    prev: r1\n    dpo: {beta: 0.3, ref: prev}\n    generate: {n: 8}\n")
+    p = load_params(path)
+    d1 = p.round_section("r1", "dpo")
+    d2 = p.round_section("r2", "dpo")
+    assert isinstance(d2, DPOConfig)
+    assert d1 == p.dpo
+    # beta and ref from the round, lr from the top-level section, the rest from the defaults
+    assert (d2.beta, d2.ref, d2.lr, d2.loss_type, d2.batch_size) == (0.3, "prev", 0.001, "sigmoid", 16)
+    assert p.round_section("r2", "generate").n == 8
+    assert p.round_section("r2", "generate").max_new_tokens == p.generate.max_new_tokens
+    assert p.dpo.beta == 0.1  # the top level is unchanged
+    with pytest.raises(KeyError):
+        p.round_section("r9", "dpo")
+
+
+def test_policy_dir():
+    assert Params().policy_dir("sft") == "data/models/sft"
+    assert Params().policy_dir("r2") == "data/rounds/r2/policy"
+
+
+def _all_sections() -> list[type[BaseModel]]:
+    return [v for v in vars(cfg).values() if isinstance(v, type) and issubclass(v, cfg._Section) and v is not cfg._Section]
+
+
+def test_every_field_has_help_text():
+    rows = field_help()
+    keys = [k for k, _, _ in rows]
+    assert {"seed", "dpo.beta", "model.arch.hidden_size", "rounds", "data.source"} <= set(keys)
+    assert len(keys) == len(set(keys))
+    missing = [k for k, _, h in rows if not h.strip()]
+    assert missing == [], f"fields without help text: {missing}"
+    # also the models field_help does not recurse into (e.g. RoundConfig under rounds.<name>)
+    assert cfg.RoundConfig in _all_sections()
+    missing = [f"{m.__name__}.{n}" for m in _all_sections() for n, f in m.model_fields.items()
+               if not (f.description or "").strip()]
+    assert missing == [], f"fields without help text: {missing}"
+
+
+def test_field_help_defaults():
+    rows = {k: d for k, d, _ in field_help()}
+    assert rows["dpo.beta"] == "0.1"
+    assert rows["data.path"] == "None"
+    assert rows["model"] == ""  # a section
+
+
+def test_configs_are_frozen(tmp_path: Path):
+    p = load_params(write(tmp_path, "rounds:\n  r1:\n    prev: sft\n"))
+    with pytest.raises(ValidationError):
+        p.seed = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        p.dpo.beta = 0.5  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        p.model.arch.num_layers = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        p.rounds["r1"].prev = "r0"  # type: ignore[misc]
+    assert p.dpo.beta == 0.1
+
+
+def test_unknown_keys_rejected_in_code_too():
+    with pytest.raises(ValidationError):
+        DPOConfig(betta=0.1)  # type: ignore[call-arg]
