@@ -31,9 +31,9 @@ class TaskConfig(_Section):
 
     num_prompts: int = Field(480, gt=0, description="Distinct prompts generated (topics x templates x styles, capped).")
     sft_per_prompt: int = Field(4, gt=0, description="SFT demonstrations per prompt, of mixed quality.")
-    pairs_per_prompt: int = Field(2, ge=0, description="Annotated preference pairs per prompt.")
+    pairs_per_prompt: int = Field(6, ge=0, description="Annotated preference pairs per prompt.")
     annotator_temperature: float = Field(
-        0.5, gt=0, description="Bradley-Terry temperature of simulated annotators: P(a>b)=sigmoid((g_a-g_b)/T)."
+        0.3, gt=0, description="Bradley-Terry temperature of simulated annotators: P(a>b)=sigmoid((g_a-g_b)/T)."
     )
     good_demo_fraction: float = Field(
         0.35, ge=0, le=1, description="Share of SFT demonstrations written by a careful writer; the rest are noisy."
@@ -71,7 +71,7 @@ class ArchConfig(_Section):
     num_layers: int = Field(4, gt=0, description="Transformer blocks.")
     num_heads: int = Field(6, gt=0, description="Attention heads (hidden_size must be divisible by it).")
     intermediate_size: int = Field(512, gt=0, description="MLP width.")
-    vocab_size: int = Field(512, ge=300, description="Byte-level BPE vocabulary trained on the corpus.")
+    vocab_size: int = Field(1024, ge=300, description="Byte-level BPE vocabulary trained on the corpus.")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ArchConfig":
@@ -103,7 +103,7 @@ class SFTConfig(_Section):
 
 class RewardModelConfig(_Section):
     init: Literal["sft", "base"] = Field("sft", description="Backbone: the SFT policy or the base model.")
-    epochs: float = Field(2.0, gt=0, description="Passes over the preference pairs.")
+    epochs: float = Field(8.0, gt=0, description="Passes over the preference pairs.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     batch_size: int = Field(32, gt=0, description="Pairs per optimizer step.")
 
@@ -131,7 +131,7 @@ class DPOConfig(_Section):
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss_type.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing (sigmoid loss).")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(2.0, gt=0, description="Passes over the round's pairs.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the round's pairs.")
     batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
     ref: Literal["sft", "prev"] = Field("sft", description="Reference model: fixed at SFT, or the previous round's policy.")
 
@@ -140,7 +140,7 @@ class EvaluateConfig(_Section):
     max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for evaluation samples.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    samples_per_prompt: int = Field(2, ge=1, description="Samples per held-out prompt.")
+    samples_per_prompt: int = Field(4, ge=1, description="Samples per held-out prompt.")
     batch_size: int = Field(64, gt=0, description="Prompts per generate() call.")
     seed: int = Field(1234, description="Evaluation sampling seed (fixed so rounds are compared on equal terms).")
 

@@ -111,8 +111,10 @@ def load_tokenizer(path: str | Path, model_cfg=None):
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         # Hub base models may ship without a template: use ours so prompts render the same everywhere.
+        # The newline is a Jinja expression: transformers renders with trim_blocks, which drops a literal
+        # newline right after a block tag (every "Assistant: " here follows one).
         tok.chat_template = CHAT_TEMPLATE.replace(EOS, tok.eos_token).replace(USER, "User: ").replace(
-            ASSISTANT, "\nAssistant: "
+            ASSISTANT, "{{ '\\n' }}Assistant: "
         ).replace(SYSTEM, "System: ")
     return tok
 
