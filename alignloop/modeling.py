@@ -26,6 +26,16 @@ CHAT_TEMPLATE = (
 )
 
 
+def fallback_chat_template(eos_token: str) -> str:
+    nl = "{{ '\\n' }}"
+    return (
+        "{% for m in messages %}{{ m['role'] | capitalize }}:" + nl
+        + "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}" + eos_token + "{% endgeneration %}"
+        + "{% else %}{{ m['content'] }}{% endif %}" + nl + "{% endfor %}"
+        + "{% if add_generation_prompt %}Assistant:" + nl + "{% endif %}"
+    )
+
+
 def as_messages(prompt: str | list[dict]) -> list[dict]:
     """A prompt (string or chat messages) as a chat message list."""
     if isinstance(prompt, str):
@@ -110,12 +120,11 @@ def load_tokenizer(path: str | Path, model_cfg=None):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
-        # Hub base models may ship without a template: use ours so prompts render the same everywhere.
-        # The newline is a Jinja expression: transformers renders with trim_blocks, which drops a literal
-        # newline right after a block tag (every "Assistant: " here follows one).
-        tok.chat_template = CHAT_TEMPLATE.replace(EOS, tok.eos_token).replace(USER, "User: ").replace(
-            ASSISTANT, "{{ '\\n' }}Assistant: "
-        ).replace(SYSTEM, "System: ")
+        # Hub base models may ship without a template: a plain "Role:\n" layout. Every role line ends in a
+        # newline so the prompt's tokens are a prefix of prompt+response tokens with byte-level BPE (a trailing
+        # space would merge into the reply's first word). Newlines are Jinja expressions because transformers
+        # renders with trim_blocks, which drops a literal newline after a block tag.
+        tok.chat_template = fallback_chat_template(tok.eos_token)
     return tok
 
 

@@ -35,6 +35,29 @@ def _round_keys(raw_rounds: dict, name: str, sections: list[str]) -> list[str]:
     return keys
 
 
+def _has(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _existing(raw: dict, stages: dict) -> dict:
+    """Keep only params keys present in params.yaml: DVC refuses a stage whose params key is missing.
+
+    A section left out of params.yaml takes the code defaults, tracked through the alignloop/config.py dep;
+    adding it later changes the rendered file, which the stale check then reports.
+    """
+    for stage in stages.values():
+        if "params" in stage:
+            stage["params"] = [k for k in stage["params"] if _has(raw, k)]
+            if not stage["params"]:
+                del stage["params"]
+    return stages
+
+
 def _eval_outs(name: str) -> tuple[str, str]:
     if name == "sft":
         return "data/eval/sft.json", "data/eval/sft_samples.jsonl"
@@ -164,11 +187,18 @@ def render(params: Params, raw: dict) -> dict:
         {"diversity": {"x": "step", "y": {"data/report/rounds.json": ["distinct_2"]}, "title": "Distinct-2",
                        "x_label": "round"}},
     ]
-    return {"stages": stages, "plots": plots}
+    return {"stages": _existing(raw, stages), "plots": plots}
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Write shared lists out in full: dvc.yaml is read by people, not only by DVC."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
 def render_text(params: Params, raw: dict) -> str:
-    return HEADER + yaml.safe_dump(render(params, raw), sort_keys=False, width=120)
+    return HEADER + yaml.dump(render(params, raw), Dumper=_NoAliases, sort_keys=False, width=120)
 
 
 def render_file(params_path: str | Path = "params.yaml") -> str:

@@ -23,13 +23,13 @@ BIN = Path(sys.executable).parent
 TINY = {
     "experiment": "e2e",
     "seed": 0,
-    "task": {"num_prompts": 200, "sft_per_prompt": 4, "pairs_per_prompt": 2},
+    "task": {"num_prompts": 200, "sft_per_prompt": 4, "pairs_per_prompt": 6, "annotator_temperature": 0.3},
     "model": {"max_length": 64, "arch": {"hidden_size": 96, "num_layers": 2, "num_heads": 4,
-                                         "intermediate_size": 256, "vocab_size": 400}},
-    "sft": {"epochs": 3, "lr": 0.004, "batch_size": 32},
-    "reward_model": {"epochs": 2, "lr": 0.002, "batch_size": 32},
+                                         "intermediate_size": 256, "vocab_size": 1024}},
+    "sft": {"epochs": 4, "lr": 0.004, "batch_size": 32},
+    "reward_model": {"epochs": 6, "lr": 0.001, "batch_size": 32},
     "generate": {"n": 4, "max_new_tokens": 24},
-    "dpo": {"beta": 0.1, "lr": 0.001, "epochs": 2, "batch_size": 16},
+    "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 16, "ref": "prev"},
     "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft", "dpo": {}}, "r2": {"algo": "dpo", "prev": "r1", "dpo": {}}},
 }

@@ -36,7 +36,7 @@ def run(params, args) -> None:
     result = trainer.train()
     out = f"data/rounds/{r}/policy"
     with io.atomic_dir(out) as tmp:
-        trainer.save_model(str(tmp))
+        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
         tokenizer.save_pretrained(tmp)
     hist = trainer.state.log_history
     metrics = {"pairs": len(pairs), "train_runtime_s": result.metrics["train_runtime"], **loss_summary(hist)}

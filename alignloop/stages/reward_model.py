@@ -57,6 +57,11 @@ def run(params, args) -> None:
     train_rows = io.read_jsonl(TRAIN, io.validate_pair, id_key="id")
     eval_rows = io.read_jsonl(EVAL, io.validate_pair, id_key="id", allow_empty=True)
     tokenizer = load_tokenizer(init, params.model)
+    # The score head is freshly initialised inside from_pretrained, before the trainer seeds anything:
+    # seed here or two runs of the same stage train different reward models.
+    import torch
+
+    torch.manual_seed(params.seed)
     model = load_reward_model(init, params.model)  # fresh 1-output score head on the backbone
     model.config.pad_token_id = tokenizer.pad_token_id
     c = params.reward_model
@@ -67,7 +72,7 @@ def run(params, args) -> None:
     metrics = {"train_pairs": len(train_rows), "train_runtime_s": result.metrics["train_runtime"],
                **loss_summary(trainer.state.log_history), **heldout_accuracy(trainer.model, tokenizer, eval_rows, params)}
     with io.atomic_dir(OUT) as tmp:
-        trainer.save_model(str(tmp))
+        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
         tokenizer.save_pretrained(tmp)
     io.write_json(f"{OUT}.metrics.json", metrics)
     print(f"reward_model: {len(train_rows)} pairs, held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}"

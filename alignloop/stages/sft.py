@@ -36,7 +36,7 @@ def run(params, args) -> None:
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
     with io.atomic_dir(OUT) as tmp:
-        trainer.save_model(str(tmp))
+        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
         tokenizer.save_pretrained(tmp)
     metrics = {"train_examples": len(rows), "train_runtime_s": result.metrics["train_runtime"],
                **loss_summary(trainer.state.log_history)}
