@@ -171,7 +171,6 @@ def render(params: Params, raw: dict) -> dict:
     stages["report"] = {
         "cmd": PY + "report",
         "deps": COMMON + ["alignloop/stages/report.py", sft_json] + [_eval_outs(n)[0] for n in params.rounds],
-        "params": ["rounds"],
         "plots": [{"data/report/rounds.json": {"cache": False}}],
         "metrics": [{"data/report/summary.json": {"cache": False}}],
     }

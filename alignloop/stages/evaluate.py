@@ -84,7 +84,7 @@ def run(params, args) -> None:
     io.write_json(out_json, metrics)
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
     print(f"evaluate {name}: {shown}")
-    with stage_run(params.experiment, "evaluate", {"evaluate": e.model_dump()}, None if name == "sft" else name) as run:
+    with stage_run(params.experiment, "evaluate", {"evaluate": e.model_dump()}, name) as run:
         run.log_metrics({k: v for k, v in metrics.items() if k != "settings"})
 
 
