@@ -56,6 +56,15 @@ class DataConfig(_Section):
     revision: str | None = Field(None, description="hub: the dataset revision (commit) to pin for reproducibility.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of the source (None: all).")
 
+    @model_validator(mode="after")
+    def _path_given(self) -> "DataConfig":
+        if self.source != "embedded" and not self.path:
+            raise ValueError(
+                f"data.path is required when data.source is '{self.source}' (fix: set data.path to a .jsonl file, a hub "
+                "dataset name or a local dataset directory)"
+            )
+        return self
+
 
 class CurateConfig(_Section):
     eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of distinct prompts held out for evaluation.")

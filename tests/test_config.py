@@ -228,3 +228,14 @@ def test_configs_are_frozen(tmp_path: Path):
 def test_unknown_keys_rejected_in_code_too():
     with pytest.raises(ValidationError):
         DPOConfig(betta=0.1)  # type: ignore[call-arg]
+
+
+def test_non_embedded_source_needs_a_path(tmp_path):
+    from alignloop.config import ConfigError, load_params
+
+    f = tmp_path / "params.yaml"
+    f.write_text("seed: 0\ndata:\n  source: jsonl\n")
+    with pytest.raises(ConfigError) as exc:
+        load_params(f)
+    msg = str(exc.value)
+    assert "params.yaml:2" in msg and "data.path is required when data.source is 'jsonl'" in msg
