@@ -20,14 +20,7 @@ TINY_ARCH = ArchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_s
 FIELDS = {"prompt_id", "sample_idx", "prompt", "response", "num_tokens", "finish_reason", "seed"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box spinning OpenMP workers make
-    each small matmul ~100x slower. The stage entry point (set_threads) raises it; put it back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

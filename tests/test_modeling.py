@@ -41,14 +41,7 @@ TINY_ARCH = ArchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_s
 SPECIALS = (PAD, BOS, EOS, USER, ASSISTANT, SYSTEM)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box spinning OpenMP workers make
-    each small matmul ~100x slower. The stage entry point (set_threads) raises it; put it back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +279,7 @@ def test_pad_falls_back_to_eos(tmp_path, texts):
     PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>").save_pretrained(tmp_path / "nopad")
     loaded = load_tokenizer(tmp_path / "nopad")
     assert loaded.pad_token == "</s>" and loaded.padding_side == "left"
-    assert render_full(loaded, "hi", "yo").endswith("</s>")
+    assert render_full(loaded, "hi", "yo").endswith("yo</s>\n")  # fallback template: one line per turn
 
 
 # --- the `base` stage ---------------------------------------------------------------------------
