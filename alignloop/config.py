@@ -154,6 +154,17 @@ class EvaluateConfig(_Section):
     seed: int = Field(1234, description="Evaluation sampling seed (fixed so rounds are compared on equal terms).")
 
 
+class OrchestrationConfig(_Section):
+    """Read by the Prefect flows only: no DVC stage depends on it, so changing it reruns nothing."""
+
+    retries: int = Field(1, ge=0, description="Prefect retries of a failed stage task before the flow fails.")
+    retry_delay_s: float = Field(10.0, ge=0, description="Seconds between those retries.")
+    gpus: int | None = Field(None, ge=0, description="Size of the 'gpu' concurrency limit (None: the GPUs visible).")
+    generate_shards: int = Field(
+        1, ge=1, description="Split a round's generation into this many shard tasks run in parallel (one GPU each; "
+        "Ray tasks with the Ray task runner). The merged samples are identical to one shard.")
+
+
 class RoundConfig(_Section):
     algo: Literal["dpo"] = Field("dpo", description="Round algorithm (dpo; ppo and raft come later).")
     prev: str = Field(description="Policy the round starts from: 'sft' or an earlier round's name.")
@@ -213,6 +224,8 @@ class Params(_Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Default DPO settings (TRL DPOTrainer).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
     rounds: dict[str, RoundConfig] = Field(default_factory=dict, description="Ordered rounds, each naming its 'prev'.")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
+                                               description="Prefect flow settings (retries, GPU slots, shards).")
 
     @model_validator(mode="after")
     def _check_rounds(self) -> "Params":

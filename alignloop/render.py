@@ -24,6 +24,7 @@ COMMON = ["alignloop/config.py", "alignloop/io.py", "alignloop/stages/_cli.py"]
 MODEL = COMMON + ["alignloop/modeling.py"]
 TRAIN = MODEL + ["alignloop/stages/_train.py"]
 INFER = MODEL + ["alignloop/inference.py"]
+GPU_STAGES = {"sft", "reward_model", "evaluate", "generate", "score", "dpo"}  # modules that run a model
 
 
 def _round_keys(raw_rounds: dict, name: str, sections: list[str]) -> list[str]:
@@ -186,6 +187,10 @@ def render(params: Params, raw: dict) -> dict:
         {"diversity": {"x": "step", "y": {"data/report/rounds.json": ["distinct_2"]}, "title": "Distinct-2",
                        "x_label": "round"}},
     ]
+    for name, stage in stages.items():
+        # DVC ignores `meta`; the Prefect flows read it to give these stages a GPU slot.
+        if stage["cmd"].split()[2].rsplit(".", 1)[-1] in GPU_STAGES:
+            stage["meta"] = {"gpu": True}
     return {"stages": _existing(raw, stages), "plots": plots}
 
 

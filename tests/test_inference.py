@@ -95,6 +95,13 @@ def test_sample_same_seed_same_rows(rows, model, tok, prompts):
     assert _sample(model, tok, prompts) == rows
 
 
+def test_sample_in_shards_equals_one_run(rows, model, tok, prompts):
+    """What the generate stage's shards rely on: batches [b0, b1) sampled alone with seed + b0 are the same rows."""
+    shard_a = _sample(model, tok, prompts[:2])              # batch 0
+    shard_b = _sample(model, tok, prompts[2:], seed=1)      # batches 1-2, seeds 1 and 2
+    assert shard_a + shard_b == rows
+
+
 def test_sample_other_seed_other_responses(rows, model, tok, prompts):
     other = _sample(model, tok, prompts, seed=7)
     assert [r["response"] for r in other] != [r["response"] for r in rows]

@@ -1,8 +1,15 @@
-"""End to end: `dvc repro` of the whole loop on a tiny configuration, in a fresh DVC project.
+"""End to end: the whole loop on a tiny configuration in a fresh DVC project, run by the Prefect pipeline flow
+(under ``prefect_test_harness``), then checked with plain DVC.
 
-Asserts what a user relies on: the loop improves the hidden gold reward over SFT, a second `dvc repro`
-does nothing, a round's DPO beta change invalidates only that round's training and what follows it,
-`dvc dag/metrics/plots` work, and every stage execution is an MLflow run.
+Asserts what a user relies on: the flow runs every stage once in dependency order; the loop improves the
+hidden gold reward over SFT; `dvc repro` after the flow does nothing (the flow ran exactly the DVC pipeline)
+and neither does a second flow run; a failing stage fails the flow with the stage's own error; a round's DPO
+beta change reruns only that round's training and what follows; asking for 5 rounds after 3 runs exactly the
+2 new rounds (their generation sharded over Ray tasks, merged into the very samples one process writes);
+`dvc dag/metrics/plots` work; every stage execution is an MLflow run.
+
+The module's tests share one project and run in file order; each leaves it as it found it, except the last
+two, which extend it.
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ TINY = {
     "generate": {"n": 4, "max_new_tokens": 24},
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 16, "ref": "prev"},
     "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4},
-    "rounds": {"r1": {"algo": "dpo", "prev": "sft", "dpo": {}}, "r2": {"algo": "dpo", "prev": "r1", "dpo": {}}},
+    "orchestration": {"retries": 1, "retry_delay_s": 1},
+    "rounds": {"r1": {"algo": "dpo", "prev": "sft", "dpo": {}}, "r2": {"algo": "dpo", "prev": "r1", "dpo": {}},
+               "r3": {"algo": "dpo", "prev": "r2", "dpo": {}}},
 }
+ROUNDS = ["r1", "r2", "r3"]
 
 
 def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -46,25 +56,57 @@ def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, harness) -> Path:
+    from flows.pipeline import pipeline
+
     root = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(REPO / "alignloop", root / "alignloop", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     sh(["git", "init", "-q"], root)
     sh(["dvc", "init", "-q"], root)
     sh(["alignloop", "render"], root)
-    proc = sh(["dvc", "repro"], root)
-    (root / "first_repro.log").write_text(proc.stdout + proc.stderr)
-    return root
+    # The flow's stage subprocesses inherit this process' environment.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "PYTHONPATH")}
+    os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONPATH": str(root)})
+    try:
+        results = pipeline(project_dir=str(root))
+        (root / "first_flow.json").write_text(json.dumps(results))
+        yield root
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def dvc_yaml_stages(root: Path) -> list[str]:
+    return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
 
 
 def read(root: Path, rel: str):
     return json.loads((root / rel).read_text())
 
 
+def test_flow_ran_every_stage_once_in_dvc_yaml_order(project):
+    results = read(project, "first_flow.json")
+    assert [r["stage"] for r in results] == dvc_yaml_stages(project)
+    assert all(r["ran_stages"] == [r["stage"]] for r in results), results
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(dvc_yaml_stages(project))
+
+
 def test_loop_improves_gold_reward_over_sft(project):
     rows = read(project, "data/report/rounds.json")
-    assert [r["policy"] for r in rows] == ["sft", "r1", "r2"]
+    assert [r["policy"] for r in rows] == ["sft", *ROUNDS]
     sft, final = rows[0], rows[-1]
     assert final["gold_reward"] > sft["gold_reward"], rows
     assert final["win_rate_vs_sft_gold"] > 0.5, rows
@@ -78,7 +120,7 @@ def test_training_losses_fall(project):
     assert sft["loss_last"] < sft["loss_first"]
     rm = read(project, "data/models/rm.metrics.json")
     assert rm["eval_accuracy"] > 0.55
-    for r in ("r1", "r2"):
+    for r in ROUNDS:
         m = read(project, f"data/rounds/{r}/train_metrics.json")
         assert m["loss_last"] < m["loss_first"], (r, m)
 
@@ -94,11 +136,127 @@ def test_outputs_follow_contracts(project):
     assert weights and not list((project / "data/rounds/r2/policy").glob("*.bin"))
 
 
-def test_second_repro_does_nothing(project):
+def test_dvc_repro_after_the_flow_does_nothing(project):
+    """The flow kept nothing of its own: plain DVC sees exactly the pipeline it ran."""
     proc = sh(["dvc", "repro"], project)
     assert "Running stage" not in proc.stdout
     status = sh(["dvc", "status"], project)
     assert "up to date" in status.stdout
+
+
+def test_second_flow_run_skips_every_stage(project):
+    from flows.pipeline import pipeline
+
+    results = pipeline(project_dir=str(project))
+    assert [r["stage"] for r in results] == dvc_yaml_stages(project)
+    assert not any(r["ran"] for r in results), results
+
+
+def test_round_artifacts_are_published(project):
+    from prefect.artifacts import Artifact
+
+    art = Artifact.get("e2e-r2")
+    assert art is not None and "| gold reward (hidden) |" in art.data and "Round `r2`" in art.data
+    table = Artifact.get("e2e-rounds")
+    assert table is not None and "gold_reward" in str(table.data)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(what: str, check, timeout: float, procs: list) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"{proc.args[:4]} exited ({proc.returncode}) while waiting for {what}")
+        if check():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_served_deployment_runs_on_a_real_prefect_server(project, tmp_path):
+    """As a new user would: `prefect server start`, `python -m flows.serve`, `prefect deployment run -p ...`."""
+    import urllib.request
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_API_URL": api,
+           "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db"}
+
+    def get(url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read().decode("utf-8", "replace")
+        except OSError:
+            return 0, ""
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
+    serve = None
+    params_before = (project / "params.yaml").read_text()
+    try:
+        _wait_for("prefect server health", lambda: get(f"{api}/health")[0] == 200, 180, [server])
+        assert "<html" in get(f"http://127.0.0.1:{port}/")[1].lower()  # the UI is served too
+        serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--project-dir", str(project)], env=env,
+                                 cwd=project, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT)
+        inspect = ["prefect", "deployment", "inspect", "alignloop-pipeline/alignloop"]
+        _wait_for("the served deployment",
+                  lambda: subprocess.run(inspect, env=env, capture_output=True).returncode == 0, 180, [server, serve])
+        run = subprocess.run(["prefect", "deployment", "run", "alignloop-pipeline/alignloop",
+                              "--params", json.dumps({"overrides": {"orchestration.retry_delay_s": 2.0}}),
+                              "--watch", "--watch-timeout", "600"],
+                             env=env, capture_output=True, text=True, timeout=700)
+        assert run.returncode == 0 and "Completed" in run.stdout, (run.stdout[-3000:], run.stderr[-3000:],
+                                                                    (logs / "serve.log").read_text()[-5000:])
+        # The parameter reached the run, which wrote it where DVC and the next person can see it.
+        assert yaml.safe_load((project / "params.yaml").read_text())["orchestration"]["retry_delay_s"] == 2.0
+        cron = subprocess.run(inspect, env=env, capture_output=True, text=True).stdout
+        assert "0 2 * * *" in cron
+    finally:
+        for proc in (serve, server):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        (project / "params.yaml").write_text(params_before)
+
+
+def test_failing_stage_fails_the_flow_with_the_stages_error(project):
+    from flows.pipeline import pipeline
+    from tasks._proc import StageFailed
+
+    params_before = (project / "params.yaml").read_text()
+    try:
+        state = pipeline(project_dir=str(project), overrides={"rounds.r1.pairs.min_margin": 1000.0},
+                         return_state=True)
+        assert state.is_failed()
+        with pytest.raises(StageFailed) as err:
+            state.result()
+        msg = str(err.value)
+        assert "stage 'pairs_r1' failed" in msg
+        assert "no prompt produced a pair with margin >= 1000" in msg and "fix: lower rounds.r1.pairs.min_margin" in msg
+        # The override went into params.yaml: `dvc repro` would fail the same way; nothing hidden in Prefect.
+        assert yaml.safe_load((project / "params.yaml").read_text())["rounds"]["r1"]["pairs"] == {"min_margin": 1000.0}
+    finally:
+        (project / "params.yaml").write_text(params_before)
+        sh(["alignloop", "render"], project)
+    # DVC's run cache brings the previous pairs back; nothing downstream changes.
+    out = sh(["dvc", "repro"], project).stdout
+    assert "Running stage" not in out, out
 
 
 def test_dvc_dag_metrics_plots(project):
@@ -129,13 +287,42 @@ def test_mlflow_run_per_stage(project):
 
 def test_changing_one_rounds_beta_reruns_only_that_round_onward(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["rounds"]["r2"]["dpo"] = {"beta": 0.5}  # top-level beta is 0.3: a real change
+    params["rounds"]["r3"]["dpo"] = {"beta": 0.5}  # top-level beta is 0.3: a real change
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         status = json.loads(sh(["dvc", "status", "--json"], project).stdout)
-        assert set(status) == {"dpo_r2"}, status
+        assert set(status) == {"dpo_r3"}, status
         out = sh(["dvc", "repro"], project).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-        assert ran == {"dpo_r2", "evaluate_r2", "report"}, out
+        assert ran == {"dpo_r3", "evaluate_r3", "report"}, out
     finally:
         (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    sh(["dvc", "repro"], project)  # back to beta 0.3: DVC's run cache restores the earlier outputs
+
+
+def test_rounds_5_after_3_runs_exactly_the_two_new_rounds(project):
+    from flows.pipeline import pipeline
+
+    results = pipeline(project_dir=str(project), rounds=5, overrides={"orchestration.generate_shards": 2},
+                       use_ray=True)
+    ran = [s for r in results for s in r["ran_stages"]]
+    new = [f"{kind}_{r}" for r in ("r4", "r5") for kind in ("generate", "score", "pairs", "dpo", "evaluate")]
+    assert ran == new + ["report"], ran
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    assert list(raw["rounds"]) == ["r1", "r2", "r3", "r4", "r5"] and raw["rounds"]["r5"]["prev"] == "r4"
+    assert [r["policy"] for r in read(project, "data/report/rounds.json")] == ["sft", "r1", "r2", "r3", "r4", "r5"]
+    assert "Running stage" not in sh(["dvc", "repro"], project).stdout  # and DVC agrees it is all done
+
+
+def test_sharded_generation_on_ray_equals_one_process(project):
+    """The new rounds' samples were merged from 2 Ray shard tasks; one process writes the same bytes."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["e2e"], output_format="list",
+                              filter_string="tags.dvc_stage = 'generate_r5'")
+    assert [r.data.metrics.get("merged_shards") for r in runs] == [2.0]
+    sharded = (project / "data/rounds/r5/samples.jsonl").read_bytes()
+    sh(["dvc", "repro", "--force", "--single-item", "generate_r5"], project)
+    assert (project / "data/rounds/r5/samples.jsonl").read_bytes() == sharded
+    assert not (project / ".alignloop/shards/r5").exists()  # merged shards are cleaned up

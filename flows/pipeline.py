@@ -1,0 +1,179 @@
+"""The pipeline flow (curate → SFT → reward model → rounds → report) and the round flow.
+
+Each step is one DVC stage run by ``dvc repro --single-item`` in dvc.yaml order, so DVC skips what is up to
+date and the flow keeps no state of its own: the run's settings (number of rounds, overrides from the UI form)
+are written into params.yaml first, and ``dvc repro`` afterwards reproduces exactly what the flow ran.
+
+    python -m flows.pipeline --rounds 5 --set rounds.r5.dpo.beta=0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from alignloop.config import Params, load_params
+from alignloop.params_edit import edit_params
+from alignloop.render import render_file
+from flows.plan import Plan, must_run, read_plan
+from tasks._proc import stage_env
+from tasks.artifacts import publish_pipeline, publish_round
+from tasks.gpu import ensure_limit, gpu_devices
+from tasks.stages import generate_shard, run_stage
+
+
+@task(name="apply-run-params", cache_policy=NO_CACHE)
+def apply_run_params(project_dir: str, rounds: int | None, overrides: dict[str, Any] | None) -> dict:
+    """Write the run's settings into params.yaml and re-render dvc.yaml; both are left as DVC will read them."""
+    log = get_run_logger()
+    root = Path(project_dir)
+    result = edit_params(root / "params.yaml", rounds=rounds, overrides=overrides)
+    if result["changed"]:
+        log.info("params.yaml: set %s (see `git diff params.yaml`)", ", ".join(result["changed"]))
+    text = render_file(root / "params.yaml")
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.exists() or dvc_yaml.read_text(encoding="utf-8") != text:
+        dvc_yaml.write_text(text, encoding="utf-8")
+        log.info("dvc.yaml re-rendered from params.yaml")
+    return {"changed": result["changed"], "added_rounds": result["added_rounds"]}
+
+
+@task(name="dvc-status", cache_policy=NO_CACHE, retries=1)
+def stale_stages(project_dir: str, stage: str | None = None) -> list[str]:
+    """Stages ``dvc status`` reports as changed (one DVC call for the whole pipeline, or one stage)."""
+    cmd = [sys.executable, "-m", "dvc", "status", "--json", *([stage] if stage else [])]
+    out = subprocess.run(cmd, cwd=project_dir, env=stage_env(None), capture_output=True, text=True, check=True).stdout
+    return sorted(json.loads(out or "{}"))
+
+
+def _stage_task(params: Params, gpu: bool):
+    o = params.orchestration
+    return run_stage.with_options(retries=o.retries, retry_delay_seconds=o.retry_delay_s,
+                                  tags=["dvc", "gpu"] if gpu else ["dvc"])
+
+
+def _step(name: str, root: str, params: Params, plan: Plan, devices: list[str], stale: set[str],
+          ran: set[str]) -> dict:
+    """One stage as a task; handed to DVC only if it may be stale, else reported up to date without a DVC call."""
+    gpu = name in plan.gpu
+    result = _stage_task(params, gpu)(name, root, devices if gpu else None,
+                                      current=not must_run(name, stale, ran, plan.upstream))
+    ran.update(result["ran_stages"])
+    return result
+
+
+def _task_runner(use_ray: bool, ray_address: str | None):
+    if not use_ray:
+        return None
+    from prefect_ray import RayTaskRunner  # optional extra: pip install -e '.[ray]'
+
+    return RayTaskRunner(address=ray_address) if ray_address else RayTaskRunner()
+
+
+@flow(name="alignloop-round", flow_run_name="round-{round_name}")
+def round_flow(round_name: str, project_dir: str = ".", stale: list[str] | None = None,
+               ran: list[str] | None = None) -> list[dict]:
+    """Run one round's stages (e.g. generate → score → pairs → dpo → evaluate) and publish its artifact.
+
+    Args:
+        round_name: a round of params.yaml, e.g. r2.
+        project_dir: the alignloop working copy.
+        stale, ran: set by the pipeline flow (DVC's status at its start, stages it has run). Leave empty when
+            running a round on its own: DVC first brings the stages the round depends on up to date.
+    """
+    root = str(Path(project_dir).resolve())
+    params = load_params(Path(root) / "params.yaml")
+    plan = read_plan(root, list(params.rounds))
+    devices = gpu_devices(params.orchestration.gpus)
+    results = []
+    if stale is None:
+        names = list(plan.rounds)
+        before = plan.before + [s for r in names[: names.index(round_name)] for s in plan.rounds[r]]
+        gpu = any(s in plan.gpu for s in before)
+        results.append(_stage_task(params, gpu)(f"upstream-of-{round_name}", root, devices if gpu else None,
+                                                single_item=False, targets=before))
+        stale = stale_stages(root)
+    stale_set, ran_set = set(stale), set(ran or [])
+    shards = params.orchestration.generate_shards
+    for name in plan.rounds[round_name]:
+        if (name == f"generate_{round_name}" and shards > 1 and must_run(name, stale_set, ran_set, plan.upstream)
+                and stale_stages(root, name)):
+            # Shards run concurrently (threads, or Ray tasks under RayTaskRunner), one GPU slot each; the DVC
+            # stage then merges them into the very samples a single process would have written.
+            futures = [generate_shard.with_options(retries=params.orchestration.retries)
+                       .submit(round_name, k, shards, root, devices) for k in range(shards)]
+            for f in futures:
+                f.result()
+        results.append(_step(name, root, params, plan, devices, stale_set, ran_set))
+    publish_round(round_name, root, params.experiment, results)
+    return results
+
+
+@flow(name="alignloop-pipeline")
+def pipeline(project_dir: str = ".", rounds: int | None = None, overrides: dict[str, Any] | None = None,
+             use_ray: bool = False, ray_address: str | None = None) -> list[dict]:
+    """The whole loop: curation, SFT, reward model, every round, report.
+
+    Args:
+        project_dir: the alignloop working copy (params.yaml, dvc.yaml) to run in.
+        rounds: total number of rounds; more than params.yaml has appends rounds that repeat the last round's
+            algorithm and start from it (finished rounds are skipped by DVC). Empty: as in params.yaml.
+        overrides: params to set before running, dotted keys, e.g. {"dpo.beta": 0.2, "rounds.r4.dpo.lr": 1e-4};
+            written into params.yaml so `dvc repro` reproduces the run.
+        use_ray: run generation shards (orchestration.generate_shards > 1) as Ray tasks (needs '.[ray]').
+        ray_address: Ray cluster address; empty starts a local Ray instance.
+    """
+    root = str(Path(project_dir).resolve())
+    apply_run_params(root, rounds, overrides)
+    params = load_params(Path(root) / "params.yaml")
+    plan = read_plan(root, list(params.rounds))
+    devices = gpu_devices(params.orchestration.gpus)
+    ensure_limit(devices)
+    stale, ran = set(stale_stages(root)), set()
+    results = [_step(name, root, params, plan, devices, stale, ran) for name in plan.before]
+    runner = _task_runner(use_ray, ray_address)
+    for r in plan.rounds:
+        one_round = round_flow.with_options(task_runner=runner) if runner else round_flow
+        out = one_round(r, root, stale=sorted(stale), ran=sorted(ran))
+        ran.update(s for x in out for s in x["ran_stages"])
+        results += out
+    results += [_step(name, root, params, plan, devices, stale, ran) for name in plan.after]
+    publish_pipeline(root, params.experiment)
+    return results
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value, e.g. dpo.beta=0.2")
+        out[key] = yaml.safe_load(value)  # 0.2 -> float, true -> bool, sft -> str
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.__doc__.split("\n")[0])
+    ap.add_argument("--project-dir", default=".")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
+    ap.add_argument("--ray", action="store_true", help="generation shards as Ray tasks")
+    ap.add_argument("--ray-address", default=None)
+    a = ap.parse_args(argv)
+    results = pipeline(project_dir=a.project_dir, rounds=a.rounds, overrides=_parse_set(a.set), use_ray=a.ray,
+                       ray_address=a.ray_address)
+    ran = [r["stage"] for r in results if r["ran"]]
+    print(f"pipeline: ran {len(ran)} stage(s): {', '.join(ran) or 'none (all up to date)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Per-round and per-pipeline result artifacts for the Prefect UI (Artifacts tab and the flow run page)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+ROWS = [  # (eval.json key, label, format)
+    ("gold_reward", "gold reward (hidden)", "{:.3f}"),
+    ("proxy_reward", "proxy reward (RM)", "{:.3f}"),
+    ("win_rate_vs_sft_gold", "win-rate vs SFT (gold)", "{:.3f}"),
+    ("win_rate_vs_sft_proxy", "win-rate vs SFT (RM)", "{:.3f}"),
+    ("kl_to_sft", "KL to SFT", "{:.3f}"),
+    ("length_tokens", "response length (tokens)", "{:.1f}"),
+    ("distinct_2", "distinct-2", "{:.3f}"),
+]
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def round_markdown(name: str, ev: dict, sft: dict | None, train: dict | None, pairs: dict | None,
+                   stages: list[dict]) -> str:
+    """Markdown summary of one round: evaluation against SFT, training and pair stats, and what ran."""
+    lines = [f"## Round `{name}`", "", "| metric | SFT | " + name + " |", "|---|---|---|"]
+    for key, label, fmt in ROWS:
+        if key in ev:
+            base = fmt.format(sft[key]) if sft and key in sft else ""
+            lines.append(f"| {label} | {base} | {fmt.format(ev[key])} |")
+    if pairs:
+        lines += ["", f"Pairs: {pairs.get('pairs', 0)} from {pairs.get('prompts', 0)} prompts "
+                  f"(yield {pairs.get('yield', 0):.2f}, mean margin {pairs.get('margin_mean', 0):.3f})."]
+    if train and "loss_first" in train:
+        lines.append(f"Training loss {train['loss_first']:.4f} → {train['loss_last']:.4f}.")
+    if stages:
+        ran = [f"`{s['stage']}` ({s['seconds']:.0f} s)" for s in stages if s["ran"]]
+        skipped = [f"`{s['stage']}`" for s in stages if not s["ran"]]
+        lines += ["", "Ran: " + (", ".join(ran) or "nothing (all stages up to date)") + "."]
+        if skipped:
+            lines.append("Skipped by DVC (up to date): " + ", ".join(skipped) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@task(name="publish-round", task_run_name="publish-{round_name}", cache_policy=NO_CACHE, retries=1)
+def publish_round(round_name: str, project_dir: str, experiment: str, stages: list[dict]) -> str:
+    root = Path(project_dir)
+    d = root / "data" / "rounds" / round_name
+    md = round_markdown(round_name, _load(d / "eval.json") or {}, _load(root / "data/eval/sft.json"),
+                        _load(d / "train_metrics.json"), _load(d / "pairs_metrics.json"), stages)
+    create_markdown_artifact(key=artifact_key(experiment, round_name), markdown=md,
+                             description=f"{experiment}: evaluation of round {round_name}")
+    return md
+
+
+@task(name="publish-pipeline", cache_policy=NO_CACHE, retries=1)
+def publish_pipeline(project_dir: str, experiment: str) -> list[dict]:
+    rows = _load(Path(project_dir) / "data/report/rounds.json") or []
+    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    create_table_artifact(key=artifact_key(experiment, "rounds"), table=table,
+                          description=f"{experiment}: evaluation of every policy, SFT first")
+    return table

@@ -1,0 +1,161 @@
+"""The pieces of the Prefect layer that need no Prefect server: the plan read from dvc.yaml, which stages to
+hand to DVC, GPU slots across processes, error extraction, and the round artifact."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import _parse_set
+from flows.plan import must_run, read_plan, upstream_of
+from tasks._proc import deterministic_failure, error_text
+from tasks.artifacts import artifact_key, round_markdown
+from tasks.gpu import device_lock, gpu_devices
+
+REPO = Path(__file__).resolve().parents[1]
+
+STAGES = {
+    "a": {"deps": ["src.py"], "outs": ["data/a"]},
+    "b": {"deps": ["data/a/part.jsonl"], "outs": ["data/b.jsonl"], "metrics": [{"data/b.json": {"cache": False}}]},
+    "c": {"deps": ["data/b.json", "data/a"], "outs": ["data/c"]},
+    "d": {"deps": ["data"], "outs": ["report.json"]},  # a dep containing outs
+}
+
+
+def test_upstream_of_matches_paths_inside_and_around_outputs():
+    up = upstream_of(STAGES)
+    assert up == {"a": set(), "b": {"a"}, "c": {"a", "b"}, "d": {"a", "b", "c"}}
+
+
+@pytest.mark.parametrize("name, stale, ran, expected", [
+    ("b", set(), set(), False),          # nothing changed, nothing upstream ran
+    ("b", {"b"}, set(), True),           # DVC said so
+    ("b", set(), {"a"}, True),           # upstream ran in this flow run: DVC must look again
+    ("b", set(), {"c"}, False),          # a downstream stage running does not matter
+    ("d", set(), {"c"}, True),
+])
+def test_must_run(name, stale, ran, expected):
+    assert must_run(name, stale, ran, upstream_of(STAGES)) is expected
+
+
+def test_read_plan_on_the_committed_dvc_yaml():
+    plan = read_plan(REPO, ["r1", "r2", "r3"])
+    assert plan.before == ["prepare", "curate", "base", "sft", "reward_model", "evaluate_sft"]
+    assert plan.rounds["r2"] == ["generate_r2", "score_r2", "pairs_r2", "dpo_r2", "evaluate_r2"]
+    assert plan.after == ["report"]
+    assert {"sft", "reward_model", "evaluate_sft", "generate_r1", "score_r1", "dpo_r1", "evaluate_r3"} <= plan.gpu
+    assert not {"prepare", "curate", "base", "pairs_r1", "report"} & plan.gpu
+    assert {"pairs_r2", "dpo_r1"} <= plan.upstream["dpo_r2"]       # ref = prev: the previous policy is read
+    assert "dpo_r1" in plan.upstream["generate_r2"]
+
+
+def test_read_plan_round_names_with_underscores():
+    plan = read_plan(REPO, ["r1", "r2", "r3"])
+    # every stage lands in exactly one group
+    grouped = plan.before + [s for v in plan.rounds.values() for s in v] + plan.after
+    assert len(grouped) == len(set(grouped)) == 22
+
+
+LOG = [
+    "Running stage 'pairs_r1':",
+    "> python -m alignloop.stages.pairs --round r1",
+    "error: data/rounds/r1/scores.jsonl: no prompt produced a pair with margin >= 9 (fix: lower min_margin)",
+    "  data/rounds/r1/scores.jsonl:3: second line of the same error",
+    "ERROR: failed to reproduce 'pairs_r1': failed to run: python -m alignloop.stages.pairs --round r1, exited with 2",
+]
+
+
+def test_error_text_is_the_stage_error_and_dvc_summary():
+    assert error_text(LOG) == "\n".join(LOG[2:])
+    assert deterministic_failure(LOG)
+
+
+def test_error_text_of_a_crash_is_the_tail_and_retryable():
+    crash = ["Running stage 'dpo_r1':"] + [f"line {i}" for i in range(40)] + [
+        "RuntimeError: CUDA out of memory",
+        "ERROR: failed to reproduce 'dpo_r1': failed to run: python -m alignloop.stages.dpo --round r1, exited with 1"]
+    text = error_text(crash)
+    assert text.splitlines()[-1].startswith("ERROR:") and "CUDA out of memory" in text
+    assert len(text.splitlines()) == 30
+    assert not deterministic_failure(crash)
+
+
+def test_gpu_devices_follow_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert gpu_devices(None) == ["2", "3"]
+    assert gpu_devices(1) == ["2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_devices(None) == []
+
+
+def _hold(args):
+    lock_dir, devices, hold_s = args
+    import os
+
+    os.environ["ALIGNLOOP_GPU_LOCK_DIR"] = lock_dir
+    import importlib
+
+    import tasks.gpu as gpu
+
+    importlib.reload(gpu)  # pick up the lock dir in this fresh process
+    with gpu.device_lock(devices, poll_s=0.05) as device:
+        start = time.time()
+        time.sleep(hold_s)
+        return device, start, time.time()
+
+
+def test_device_lock_never_gives_one_gpu_to_two_processes(tmp_path):
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        spans = pool.map(_hold, [(str(tmp_path), ["0", "1"], 0.6)] * 4)
+    assert {d for d, _, _ in spans} == {"0", "1"}                # both devices used
+    for i, (d1, s1, e1) in enumerate(spans):
+        for d2, s2, e2 in spans[i + 1:]:
+            assert d1 != d2 or e1 <= s2 or e2 <= s1, spans      # one process per device at any time
+    # so never more than two at once; and the four 0.6 s holds took about two rounds, not one or four
+    assert 1.1 < max(e for _, _, e in spans) - min(s for _, s, _ in spans) < 2.4, spans
+
+
+def test_device_lock_without_gpus_is_a_no_op():
+    with device_lock([]) as device:
+        assert device is None
+
+
+def test_round_markdown_hand_checked():
+    md = round_markdown(
+        "r2", {"gold_reward": 0.5, "kl_to_sft": 1.25, "length_tokens": 9.04},
+        {"gold_reward": 0.1, "kl_to_sft": 0.0}, {"loss_first": 0.69, "loss_last": 0.5},
+        {"pairs": 10, "prompts": 12, "yield": 0.8333, "margin_mean": 1.5},
+        [{"stage": "generate_r2", "ran": True, "seconds": 12.4}, {"stage": "score_r2", "ran": False, "seconds": 0}])
+    assert "| gold reward (hidden) | 0.100 | 0.500 |" in md
+    assert "| KL to SFT | 0.000 | 1.250 |" in md
+    assert "| response length (tokens) |  | 9.0 |" in md
+    assert "Pairs: 10 from 12 prompts (yield 0.83, mean margin 1.500)." in md
+    assert "Training loss 0.6900 → 0.5000." in md
+    assert "Ran: `generate_r2` (12 s)." in md and "Skipped by DVC (up to date): `score_r2`." in md
+
+
+def test_artifact_key_is_lowercase_dashes():
+    assert artifact_key("AlignLoop_demo", "r1") == "alignloop-demo-r1"
+
+
+def test_parse_set_reads_yaml_scalars():
+    assert _parse_set(["dpo.beta=0.2", "data.source=jsonl", "x.flag=true", "x.n=3"]) == {
+        "dpo.beta": 0.2, "data.source": "jsonl", "x.flag": True, "x.n": 3}
+    with pytest.raises(SystemExit, match="key=value"):
+        _parse_set(["dpo.beta"])
+
+
+def test_retry_only_failures_that_may_be_transient():
+    from prefect.states import Failed
+
+    from tasks._proc import StageFailed
+    from tasks.stages import _retry_unless_deterministic as retry
+
+    assert retry(None, None, Failed(data=StageFailed("x", 255, "error: bad row", retryable=False))) is False
+    assert retry(None, None, Failed(data=StageFailed("x", 255, "Killed", retryable=True))) is True
+    assert retry(None, None, Failed(data=OSError("disk hiccup"))) is True
