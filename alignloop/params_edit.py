@@ -43,10 +43,15 @@ def set_key(doc: CommentedMap, dotted: str, value: Any) -> bool:
             raise ConfigError(f"override '{dotted}': '{where}' is a value, not a section (fix: check the key path)")
         node = child
     last = parts[-1]
-    if last in node and node[last] == value and type(node[last]) is type(value):
+    if last in node and _same(node[last], value):
         return False
     node[last] = value
     return True
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal values of the same kind (ruamel's ScalarFloat 0.3 is 0.3; True is not 1)."""
+    return old == new and isinstance(old, bool) == isinstance(new, bool) and isinstance(old, str) == isinstance(new, str)
 
 
 def next_round_name(existing: list[str]) -> str:

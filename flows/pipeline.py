@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,30 @@ def _step(name: str, root: str, params: Params, plan: Plan, devices: list[str], 
     return result
 
 
-def _task_runner(use_ray: bool, ray_address: str | None):
-    if not use_ray:
-        return None
+@contextmanager
+def _ray(use_ray: bool, ray_address: str | None, shards: int):
+    """prefect-ray's task runner for the round flows, on one Ray instance for the whole pipeline run.
+
+    Only shard tasks are submitted to the runner (stages run in the flow's process, one at a time under DVC's
+    lock), so Ray is started only when there are shards to spread.
+    """
+    if not use_ray or shards < 2:
+        if use_ray:
+            get_run_logger().warning("use_ray: nothing to spread with orchestration.generate_shards = 1 "
+                                     "(fix: set it to the number of GPUs or Ray workers)")
+        yield None
+        return
+    import ray
     from prefect_ray import RayTaskRunner  # optional extra: pip install -e '.[ray]'
 
-    return RayTaskRunner(address=ray_address) if ray_address else RayTaskRunner()
+    owned = not ray.is_initialized()
+    if owned:
+        ray.init(address=ray_address)  # None: a local instance
+    try:
+        yield RayTaskRunner()  # sees the initialised Ray and uses it
+    finally:
+        if owned:
+            ray.shutdown()
 
 
 @flow(name="alignloop-round", flow_run_name="round-{round_name}")
@@ -139,12 +158,12 @@ def pipeline(project_dir: str = ".", rounds: int | None = None, overrides: dict[
     ensure_limit(devices)
     stale, ran = set(stale_stages(root)), set()
     results = [_step(name, root, params, plan, devices, stale, ran) for name in plan.before]
-    runner = _task_runner(use_ray, ray_address)
-    for r in plan.rounds:
-        one_round = round_flow.with_options(task_runner=runner) if runner else round_flow
-        out = one_round(r, root, stale=sorted(stale), ran=sorted(ran))
-        ran.update(s for x in out for s in x["ran_stages"])
-        results += out
+    with _ray(use_ray, ray_address, params.orchestration.generate_shards) as runner:
+        for r in plan.rounds:
+            one_round = round_flow.with_options(task_runner=runner) if runner else round_flow
+            out = one_round(r, root, stale=sorted(stale), ran=sorted(ran))
+            ran.update(s for x in out for s in x["ran_stages"])
+            results += out
     results += [_step(name, root, params, plan, devices, stale, ran) for name in plan.after]
     publish_pipeline(root, params.experiment)
     return results
