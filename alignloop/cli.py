@@ -21,6 +21,7 @@ STAGE_SECTIONS = {
     "pairs": ["pairs"],
     "dpo": ["seed", "model", "dpo"],
     "evaluate": ["model", "evaluate"],
+    "register": ["experiment", "registry"],
 }
 
 
@@ -65,6 +66,34 @@ def cmd_params_ref(args) -> int:
     return 0
 
 
+def cmd_registry(args) -> int:
+    from alignloop import registry
+
+    name = args.model or load_params(args.params).model_name
+    if args.action == "list":
+        rows = registry.versions(name)
+        print(f"{name}: {len(rows)} version(s)")
+        print(f"{'version':>7}  {'round':<8} {'aliases':<20} {'gold':>7} {'proxy':>7} {'KL':>6}  decision")
+        for r in rows:
+            t = r["tags"]
+            first = (r["description"].splitlines() or [""])[0]
+            print(f"{r['version']:>7}  {r['round'] or '':<8} {','.join(r['aliases']):<20} "
+                  f"{t.get('metric.gold_reward', ''):>7} {t.get('metric.proxy_reward', ''):>7} "
+                  f"{t.get('metric.kl_to_sft', ''):>6}  {first}")
+        hist = registry.history(name)
+        if hist:
+            print("champion history: " + " -> ".join(f"v{h['version']} ({h['by']})" for h in hist))
+    elif args.action == "promote":
+        if not args.version:
+            raise ConfigError("registry promote needs a version (fix: `alignloop registry promote 3`)")
+        print(registry.promote(name, args.version, reason=args.reason or "manual"))
+    elif args.action == "rollback":
+        print(registry.rollback(name, reason=args.reason or "rollback"))
+    elif args.action == "path":
+        print(registry.resolve(f"models:/{name}@{args.version or 'champion'}"))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="alignloop", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
@@ -77,6 +106,12 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true")
     p.add_argument("--output", default="dvc.yaml")
     p.set_defaults(fn=cmd_render)
+    p = sub.add_parser("registry", help="model registry: list | promote <version> | rollback | path [alias]")
+    p.add_argument("action", choices=["list", "promote", "rollback", "path"])
+    p.add_argument("version", nargs="?", help="promote: the version; path: the alias (default champion)")
+    p.add_argument("--model", help="registered model (default: '<experiment>-policy' from params)")
+    p.add_argument("--reason", help="recorded with a promote or rollback")
+    p.set_defaults(fn=cmd_registry)
     p = sub.add_parser("params-ref", help="print the params reference (markdown)")
     p.set_defaults(fn=cmd_params_ref)
     args = parser.parse_args(argv)
@@ -85,6 +120,13 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # registry errors (and MLflow's own "not found") as one clear line
+        from alignloop.registry import RegistryError
+
+        if isinstance(exc, RegistryError) or type(exc).__name__ == "MlflowException":
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

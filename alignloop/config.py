@@ -154,6 +154,36 @@ class EvaluateConfig(_Section):
     seed: int = Field(1234, description="Evaluation sampling seed (fixed so rounds are compared on equal terms).")
 
 
+EVAL_METRICS = ("proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
+                "length_tokens", "distinct_2")
+EvalMetric = Literal["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
+                     "length_tokens", "distinct_2"]
+
+
+class GateConfig(_Section):
+    """When a round's candidate becomes champion. Metrics are keys of the round's eval.json."""
+
+    beat_champion: list[EvalMetric] = Field(
+        default_factory=lambda: ["proxy_reward"],
+        description="Metrics (higher is better) on which the candidate must exceed the champion by min_improvement; "
+        "before any round is promoted the champion is SFT.")
+    min_improvement: float = Field(0.0, ge=0, description="Margin the candidate must beat the champion by, per metric.")
+    max: dict[EvalMetric, float] = Field(default_factory=lambda: {"kl_to_sft": 20.0},
+                                         description="Caps: metric -> highest allowed value (e.g. kl_to_sft).")
+    min: dict[EvalMetric, float] = Field(default_factory=dict,
+                                         description="Floors: metric -> lowest allowed value (e.g. win_rate_vs_sft_proxy).")
+
+
+class RegistryConfig(_Section):
+    """MLflow model registry: a version per round, `candidate`/`champion` aliases, the promotion gate."""
+
+    enabled: bool = Field(True, description="Register each round's policy (stage register_<round>).")
+    model_name: str | None = Field(None, description="Registered model name (None: '<experiment>-policy').")
+    log_weights: bool = Field(False, description="Also upload the weights as run artifacts (default: record the "
+                              "local location and content hash only).")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
+
+
 class OrchestrationConfig(_Section):
     """Read by the Prefect flows only: no DVC stage depends on it, so changing it reruns nothing."""
 
@@ -167,7 +197,10 @@ class OrchestrationConfig(_Section):
 
 class RoundConfig(_Section):
     algo: Literal["dpo"] = Field("dpo", description="Round algorithm (dpo; ppo and raft come later).")
-    prev: str = Field(description="Policy the round starts from: 'sft' or an earlier round's name.")
+    prev: str = Field(description="The round before this one: 'sft' or an earlier round's name.")
+    start: Literal["prev", "champion"] = Field(
+        "prev", description="Start from prev's policy, or from the champion after prev's registration (a round the "
+        "gate rejected then does not seed the next one).")
     generate: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level generate section.")
     score: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level score section.")
     pairs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level pairs section.")
@@ -179,7 +212,7 @@ _ROUND_SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-def _round_errors(rounds: dict, bases: dict[str, dict]) -> list[dict]:
+def _round_errors(rounds: dict, bases: dict[str, dict], registry_enabled: bool = True) -> list[dict]:
     """Problems of ``rounds`` (name -> mapping) as pydantic-style error dicts with full ``loc`` paths.
 
     Checks round names, that each ``prev`` is 'sft' or an earlier round, and each override section merged over
@@ -198,6 +231,9 @@ def _round_errors(rounds: dict, bases: dict[str, dict]) -> list[dict]:
             errors.append({"loc": ("rounds", name, "prev"), "type": "round",
                            "msg": f"'{prev}' is not 'sft' or an earlier round (fix: one of {seen})"})
         seen.append(name)
+        if rnd.get("start") == "champion" and not registry_enabled:
+            errors.append({"loc": ("rounds", name, "start"), "type": "round",
+                           "msg": "'champion' needs registry.enabled: true (fix: enable the registry or use start: prev)"})
         for section, model in _ROUND_SECTIONS.items():
             override = rnd.get(section)
             if not isinstance(override, dict):
@@ -224,6 +260,7 @@ class Params(_Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Default DPO settings (TRL DPOTrainer).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
     rounds: dict[str, RoundConfig] = Field(default_factory=dict, description="Ordered rounds, each naming its 'prev'.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow model registry and promotion.")
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
                                                description="Prefect flow settings (retries, GPU slots, shards).")
 
@@ -232,6 +269,7 @@ class Params(_Section):
         errors = _round_errors(
             {name: rnd.model_dump() for name, rnd in self.rounds.items()},
             {section: getattr(self, section).model_dump() for section in _ROUND_SECTIONS},
+            registry_enabled=self.registry.enabled,
         )
         if errors:
             raise ValueError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
@@ -245,6 +283,10 @@ class Params(_Section):
 
     def policy_dir(self, name: str) -> str:
         return "data/models/sft" if name == "sft" else f"data/rounds/{name}/policy"
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"{self.experiment}-policy"
 
 
 # --- loading with line numbers ------------------------------------------------------------------
@@ -320,7 +362,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
                 bases[section] = model.model_validate(raw.get(section) or {}).model_dump()
             except ValidationError:  # reported above; check the round overrides against the defaults
                 bases[section] = model().model_dump()
-        errors += _round_errors(rounds, bases)
+        registry = raw.get("registry") if isinstance(raw.get("registry"), dict) else {}
+        errors += _round_errors(rounds, bases, registry_enabled=registry.get("enabled", True) is not False)
         raise ConfigError(_format_errors(errors, str(path), lines)) from None
 
 

@@ -132,10 +132,19 @@ def render(params: Params, raw: dict) -> dict:
     for name, rnd in params.rounds.items():
         d = f"data/rounds/{name}"
         prev_policy = params.policy_dir(rnd.prev)
+        if rnd.start == "champion" and rnd.prev != "sft":
+            # Starts from whichever policy prev's registration left as champion: that record, and every policy
+            # it can name, are the inputs (the set is static, so DVC can track it).
+            earlier = ["sft", *list(params.rounds)[: list(params.rounds).index(rnd.prev) + 1]]
+            start_deps = [f"data/rounds/{rnd.prev}/registry.json", *(params.policy_dir(n) for n in earlier)]
+        else:
+            start_deps = [prev_policy]
+        start_keys = [f"rounds.{name}.start"] if "start" in (raw_rounds.get(name) or {}) else []
         stages[f"generate_{name}"] = {
             "cmd": PY + f"generate --round {name}",
-            "deps": INFER + ["alignloop/stages/generate.py", prev_policy, "data/curated/prompts/train.jsonl"],
-            "params": ["seed", "model", "generate"] + _round_keys(raw_rounds, name, ["generate"]),
+            "deps": INFER + ["alignloop/stages/generate.py", "alignloop/lineage.py", *start_deps,
+                             "data/curated/prompts/train.jsonl"],
+            "params": ["seed", "model", "generate"] + _round_keys(raw_rounds, name, ["generate"]) + start_keys,
             "outs": [f"{d}/samples.jsonl"],
         }
         stages[f"score_{name}"] = {
@@ -152,12 +161,13 @@ def render(params: Params, raw: dict) -> dict:
             "metrics": [{f"{d}/pairs_metrics.json": {"cache": False}}],
         }
         dpo_cfg = params.round_section(name, "dpo")
-        ref_policy = params.policy_dir("sft" if dpo_cfg.ref == "sft" else rnd.prev)
+        ref_deps = [params.policy_dir("sft")] if dpo_cfg.ref == "sft" else []
         stages[f"dpo_{name}"] = {
             "cmd": PY + f"dpo --round {name}",
-            "deps": TRAIN + ["alignloop/stages/dpo.py", "alignloop/stages/reward_model.py", prev_policy,
-                             *([ref_policy] if ref_policy != prev_policy else []), f"{d}/pairs.jsonl"],
-            "params": ["seed", "model", "dpo", f"rounds.{name}.algo"] + _round_keys(raw_rounds, name, ["dpo"]),
+            "deps": TRAIN + ["alignloop/stages/dpo.py", "alignloop/stages/reward_model.py", "alignloop/lineage.py",
+                             *start_deps, *[r for r in ref_deps if r not in start_deps], f"{d}/pairs.jsonl"],
+            "params": ["seed", "model", "dpo", f"rounds.{name}.algo"] + _round_keys(raw_rounds, name, ["dpo"])
+            + start_keys,
             "outs": [f"{d}/policy"],
             "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
         }
@@ -169,6 +179,15 @@ def render(params: Params, raw: dict) -> dict:
             "outs": [r_samples],
             "metrics": [{r_json: {"cache": False}}],
         }
+        if params.registry.enabled:
+            stages[f"register_{name}"] = {
+                "cmd": PY + f"register --round {name}",
+                "deps": COMMON + ["alignloop/gate.py", "alignloop/lineage.py", "alignloop/registry.py", "alignloop/tracking.py",
+                                  "alignloop/stages/register.py", r_json, f"{d}/policy",
+                                  sft_json if rnd.prev == "sft" else f"data/rounds/{rnd.prev}/registry.json"],
+                "params": ["experiment", "registry", f"rounds.{name}.prev", f"rounds.{name}.algo"] + start_keys,
+                "outs": [{f"{d}/registry.json": {"cache": False}}],
+            }
     stages["report"] = {
         "cmd": PY + "report",
         "deps": COMMON + ["alignloop/stages/report.py", sft_json] + [_eval_outs(n)[0] for n in params.rounds],

@@ -60,6 +60,17 @@ class _Run:
     def log_artifact(self, path: str | Path) -> None:
         self._mlflow.log_artifact(str(path))
 
+    def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
+        self._mlflow.log_artifacts(str(directory), artifact_path)
+
+    @property
+    def run_id(self) -> str:
+        return self._mlflow.active_run().info.run_id
+
+    @property
+    def artifact_uri(self) -> str:
+        return self._mlflow.get_artifact_uri()
+
 
 @contextlib.contextmanager
 def stage_run(experiment: str, stage: str, params: dict, round_name: str | None = None) -> Iterator[_Run]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from prefect import serve
 
 from flows.pipeline import pipeline, round_flow
+from flows.registry import registry_flow
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,10 @@ def main(argv=None) -> int:
     one = round_flow.to_deployment(
         name=a.name, concurrency_limit=1, parameters={"project_dir": project}, tags=["alignloop"],
         description="One round's stages (after bringing what it depends on up to date).")
-    serve(whole, one)
+    reg = registry_flow.to_deployment(
+        name=a.name, parameters={"project_dir": project}, tags=["alignloop"],
+        description="List, promote or roll back versions of the round policies in the MLflow registry.")
+    serve(whole, one, reg)
     return 0
 
 

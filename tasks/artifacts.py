@@ -27,8 +27,9 @@ def artifact_key(*parts: str) -> str:
 
 
 def round_markdown(name: str, ev: dict, sft: dict | None, train: dict | None, pairs: dict | None,
-                   stages: list[dict]) -> str:
-    """Markdown summary of one round: evaluation against SFT, training and pair stats, and what ran."""
+                   stages: list[dict], registry: dict | None = None) -> str:
+    """Markdown summary of one round: evaluation against SFT, training and pair stats, the promotion decision,
+    and what ran."""
     lines = [f"## Round `{name}`", "", "| metric | SFT | " + name + " |", "|---|---|---|"]
     for key, label, fmt in ROWS:
         if key in ev:
@@ -39,6 +40,11 @@ def round_markdown(name: str, ev: dict, sft: dict | None, train: dict | None, pa
                   f"(yield {pairs.get('yield', 0):.2f}, mean margin {pairs.get('margin_mean', 0):.3f})."]
     if train and "loss_first" in train:
         lines.append(f"Training loss {train['loss_first']:.4f} → {train['loss_last']:.4f}.")
+    if registry:
+        verdict = ("**promoted to champion**" if registry["promoted"]
+                   else f"stays candidate (champion: {registry['champion_after']['round']})")
+        lines += ["", f"Registry: `{registry['model_name']}` version {registry['version']}, {verdict}."]
+        lines += [f"- {r}" for r in registry.get("reasons", [])]
     if stages:
         ran = [f"`{s['stage']}` ({s['seconds']:.0f} s)" for s in stages if s["ran"]]
         skipped = [f"`{s['stage']}`" for s in stages if not s["ran"]]
@@ -57,7 +63,8 @@ def publish_round(round_name: str, project_dir: str, experiment: str, stages: li
     root = Path(project_dir)
     d = root / "data" / "rounds" / round_name
     md = round_markdown(round_name, _load(d / "eval.json") or {}, _load(root / "data/eval/sft.json"),
-                        _load(d / "train_metrics.json"), _load(d / "pairs_metrics.json"), stages)
+                        _load(d / "train_metrics.json"), _load(d / "pairs_metrics.json"), stages,
+                        _load(d / "registry.json"))
     create_markdown_artifact(key=artifact_key(experiment, round_name), markdown=md,
                              description=f"{experiment}: evaluation of round {round_name}")
     return md

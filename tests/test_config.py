@@ -239,3 +239,17 @@ def test_non_embedded_source_needs_a_path(tmp_path):
         load_params(f)
     msg = str(exc.value)
     assert "params.yaml:2" in msg and "data.path is required when data.source is 'jsonl'" in msg
+
+
+def test_registry_gate_metrics_are_checked(tmp_path):
+    text = "registry:\n  gate:\n    beat_champion: [gold_rewrd]\n    max: {kl: 3}\n"
+    with pytest.raises(ConfigError) as err:
+        load_params(write(tmp_path, text))
+    msg = str(err.value)
+    assert "registry.gate.beat_champion.0" in msg and "registry.gate.max.kl" in msg and "params.yaml:3" in msg
+
+
+def test_start_from_champion_needs_the_registry(tmp_path):
+    text = "registry: {enabled: false}\nrounds:\n  r1: {prev: sft}\n  r2: {prev: r1, start: champion}\n"
+    with pytest.raises(ConfigError, match=r"params.yaml:4: rounds.r2.start: 'champion' needs registry.enabled: true \(fix:"):
+        load_params(write(tmp_path, text))

@@ -45,7 +45,7 @@ def test_must_run(name, stale, ran, expected):
 def test_read_plan_on_the_committed_dvc_yaml():
     plan = read_plan(REPO, ["r1", "r2", "r3"])
     assert plan.before == ["prepare", "curate", "base", "sft", "reward_model", "evaluate_sft"]
-    assert plan.rounds["r2"] == ["generate_r2", "score_r2", "pairs_r2", "dpo_r2", "evaluate_r2"]
+    assert plan.rounds["r2"] == ["generate_r2", "score_r2", "pairs_r2", "dpo_r2", "evaluate_r2", "register_r2"]
     assert plan.after == ["report"]
     assert {"sft", "reward_model", "evaluate_sft", "generate_r1", "score_r1", "dpo_r1", "evaluate_r3"} <= plan.gpu
     assert not {"prepare", "curate", "base", "pairs_r1", "report"} & plan.gpu
@@ -57,7 +57,7 @@ def test_read_plan_round_names_with_underscores():
     plan = read_plan(REPO, ["r1", "r2", "r3"])
     # every stage lands in exactly one group
     grouped = plan.before + [s for v in plan.rounds.values() for s in v] + plan.after
-    assert len(grouped) == len(set(grouped)) == 22
+    assert len(grouped) == len(set(grouped)) == 25
 
 
 LOG = [
@@ -130,12 +130,15 @@ def test_round_markdown_hand_checked():
         "r2", {"gold_reward": 0.5, "kl_to_sft": 1.25, "length_tokens": 9.04},
         {"gold_reward": 0.1, "kl_to_sft": 0.0}, {"loss_first": 0.69, "loss_last": 0.5},
         {"pairs": 10, "prompts": 12, "yield": 0.8333, "margin_mean": 1.5},
-        [{"stage": "generate_r2", "ran": True, "seconds": 12.4}, {"stage": "score_r2", "ran": False, "seconds": 0}])
+        [{"stage": "generate_r2", "ran": True, "seconds": 12.4}, {"stage": "score_r2", "ran": False, "seconds": 0}],
+        {"model_name": "x-policy", "version": "2", "promoted": False, "champion_after": {"round": "r1"},
+         "reasons": ["FAIL gold_reward: 0.5000 <= champion 0.6000"]})
     assert "| gold reward (hidden) | 0.100 | 0.500 |" in md
     assert "| KL to SFT | 0.000 | 1.250 |" in md
     assert "| response length (tokens) |  | 9.0 |" in md
     assert "Pairs: 10 from 12 prompts (yield 0.83, mean margin 1.500)." in md
     assert "Training loss 0.6900 → 0.5000." in md
+    assert "Registry: `x-policy` version 2, stays candidate (champion: r1).\n- FAIL gold_reward: 0.5000 <= champion 0.6000" in md
     assert "Ran: `generate_r2` (12 s)." in md and "Skipped by DVC (up to date): `score_r2`." in md
 
 

@@ -152,6 +152,92 @@ def test_second_flow_run_skips_every_stage(project):
     assert not any(r["ran"] for r in results), results
 
 
+def registered(project: Path) -> list[dict]:
+    from alignloop import registry
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlflow.db"
+    return registry.versions("e2e-policy")
+
+
+def test_each_round_is_one_registered_version_even_after_reruns(project):
+    """Three rounds, three versions — after the first flow run, `dvc repro` and a second flow run."""
+    rows = registered(project)
+    assert [v["round"] for v in rows] == ROUNDS and [v["version"] for v in rows] == ["1", "2", "3"]
+    assert "candidate" in rows[-1]["aliases"]
+    records = {r: read(project, f"data/rounds/{r}/registry.json") for r in ROUNDS}
+    champion = records["r3"]["champion_after"]
+    holders = [v["version"] for v in rows if "champion" in v["aliases"]]
+    if champion["round"] == "sft":  # no round beat SFT: nothing is champion
+        assert holders == []
+    else:
+        assert holders == [champion["version"]]
+    for r, rec in records.items():
+        assert rec["version"] == rows[ROUNDS.index(r)]["version"]
+        assert rows[ROUNDS.index(r)]["tags"]["policy_md5"] == rec["policy"]["md5"]
+        assert ("PROMOTED" in rows[ROUNDS.index(r)]["description"]) == rec["promoted"]
+
+
+def test_registry_flow_promotes_and_rolls_back(project):
+    from alignloop import registry
+    from flows.registry import registry_flow
+
+    registered(project)  # points MLFLOW_TRACKING_URI at the project's store
+    before = [v["version"] for v in registry.versions("e2e-policy") if "champion" in v["aliases"]]
+    out = registry_flow(action="promote", version="1", reason="test", project_dir=str(project))
+    assert out["champion"] == "1" and out["versions"] == 3
+    if before:  # rollback returns the champion to the one the gate chose
+        assert registry_flow(action="rollback", project_dir=str(project))["champion"] == before[0]
+    from prefect.artifacts import Artifact
+
+    assert "| 1 | r1 |" in Artifact.get("e2e-policy-registry").data
+
+
+def test_mlflow_server_on_the_store_shows_runs_and_registered_versions(project, tmp_path):
+    """As a user would open it: `mlflow server` (what `mlflow ui` runs) on the project's store, read through
+    its REST API (no browser on this machine; the UI's pages are drawn from these same endpoints)."""
+    import urllib.parse
+    import urllib.request
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(["mlflow", "server", "--backend-store-uri", f"sqlite:///{project}/mlflow.db",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=project,
+                              env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+                              stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT)
+
+    def get(path: str):
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as r:
+                body = r.read().decode()
+                return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+        except OSError:
+            return None
+
+    try:
+        _wait_for("mlflow server", lambda: get("/health") is not None, 120, [server])
+        assert "<html" in get("/").lower()
+        model = get("/api/2.0/mlflow/registered-models/get?name=e2e-policy")["registered_model"]
+        aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+        assert aliases["candidate"] == "3"
+        q = urllib.parse.quote("name='e2e-policy'")
+        found = get(f"/api/2.0/mlflow/model-versions/search?filter={q}")["model_versions"]
+        assert sorted(v["version"] for v in found) == ["1", "2", "3"]
+        exp = get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e")["experiment"]
+        req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", method="POST",
+                                     data=json.dumps({"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            runs = json.loads(r.read())["runs"]
+        stages = {t["value"] for run in runs for t in run["data"]["tags"] if t["key"] == "dvc_stage"}
+        assert {"sft", "dpo_r1", "register_r3", "report"} <= stages
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def test_round_artifacts_are_published(project):
     from prefect.artifacts import Artifact
 
@@ -294,10 +380,18 @@ def test_changing_one_rounds_beta_reruns_only_that_round_onward(project):
         assert set(status) == {"dpo_r3"}, status
         out = sh(["dvc", "repro"], project).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-        assert ran == {"dpo_r3", "evaluate_r3", "report"}, out
+        assert ran == {"dpo_r3", "evaluate_r3", "register_r3", "report"}, out
+        # A retrained policy is a new version of round r3, and the candidate.
+        rows = registered(project)
+        assert [v["round"] for v in rows] == ["r1", "r2", "r3", "r3"] and "candidate" in rows[-1]["aliases"]
     finally:
         (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    sh(["dvc", "repro"], project)  # back to beta 0.3: DVC's run cache restores the earlier outputs
+    # Back to beta 0.3: DVC's run cache restores the earlier policy; registering it finds its existing version.
+    sh(["dvc", "repro"], project)
+    rows = registered(project)
+    assert len(rows) == 4
+    md5 = read(project, "data/rounds/r3/registry.json")["policy"]["md5"]
+    assert [v["tags"]["policy_md5"] for v in rows if "candidate" in v["aliases"]] == [md5]
 
 
 def test_rounds_5_after_3_runs_exactly_the_two_new_rounds(project):
@@ -306,12 +400,14 @@ def test_rounds_5_after_3_runs_exactly_the_two_new_rounds(project):
     results = pipeline(project_dir=str(project), rounds=5, overrides={"orchestration.generate_shards": 2},
                        use_ray=True)
     ran = [s for r in results for s in r["ran_stages"]]
-    new = [f"{kind}_{r}" for r in ("r4", "r5") for kind in ("generate", "score", "pairs", "dpo", "evaluate")]
+    new = [f"{kind}_{r}" for r in ("r4", "r5") for kind in ("generate", "score", "pairs", "dpo", "evaluate", "register")]
     assert ran == new + ["report"], ran
     raw = yaml.safe_load((project / "params.yaml").read_text())
     assert list(raw["rounds"]) == ["r1", "r2", "r3", "r4", "r5"] and raw["rounds"]["r5"]["prev"] == "r4"
     assert [r["policy"] for r in read(project, "data/report/rounds.json")] == ["sft", "r1", "r2", "r3", "r4", "r5"]
     assert "Running stage" not in sh(["dvc", "repro"], project).stdout  # and DVC agrees it is all done
+    rounds = [v["round"] for v in registered(project)]
+    assert rounds.count("r4") == 1 and rounds.count("r5") == 1 and rounds[-2:] == ["r4", "r5"]
 
 
 def test_sharded_generation_on_ray_equals_one_process(project):

@@ -52,11 +52,35 @@ def test_stage_names_for_two_rounds(tmp_path: Path):
     stages = rendered(tmp_path, TWO_ROUNDS.format(ref="sft"))
     assert list(stages) == [
         "prepare", "curate", "base", "sft", "reward_model", "evaluate_sft",
-        "generate_r1", "score_r1", "pairs_r1", "dpo_r1", "evaluate_r1",
-        "generate_r2", "score_r2", "pairs_r2", "dpo_r2", "evaluate_r2",
+        "generate_r1", "score_r1", "pairs_r1", "dpo_r1", "evaluate_r1", "register_r1",
+        "generate_r2", "score_r2", "pairs_r2", "dpo_r2", "evaluate_r2", "register_r2",
         "report",
     ]
     assert stages["report"]["deps"][-3:] == ["data/eval/sft.json", "data/rounds/r1/eval.json", "data/rounds/r2/eval.json"]
+
+
+def test_register_chains_on_the_previous_rounds_record(tmp_path: Path):
+    stages = rendered(tmp_path, TWO_ROUNDS.format(ref="sft"))
+    assert stages["register_r1"]["deps"][-3:] == ["data/rounds/r1/eval.json", "data/rounds/r1/policy", "data/eval/sft.json"]
+    assert stages["register_r2"]["deps"][-1] == "data/rounds/r1/registry.json"
+    assert stages["register_r2"]["outs"] == [{"data/rounds/r2/registry.json": {"cache": False}}]
+    assert stages["register_r2"]["params"] == ["experiment", "rounds.r2.prev", "rounds.r2.algo"]
+
+
+def test_registry_disabled_renders_no_register_stages(tmp_path: Path):
+    stages = rendered(tmp_path, TWO_ROUNDS.format(ref="sft") + "registry: {enabled: false}\n")
+    assert not [s for s in stages if s.startswith("register")]
+
+
+def test_start_from_champion_depends_on_the_record_and_every_policy_it_can_name(tmp_path: Path):
+    text = TWO_ROUNDS.format(ref="prev").replace("    dpo: {beta: 0.3}\n", "    start: champion\n")
+    stages = rendered(tmp_path, text)
+    expected = ["data/rounds/r1/registry.json", "data/models/sft", "data/rounds/r1/policy"]
+    assert [d for d in stages["generate_r2"]["deps"] if d.startswith("data/") and "prompts" not in d] == expected
+    assert [d for d in stages["dpo_r2"]["deps"] if d.startswith("data/") and "pairs" not in d] == expected
+    assert "rounds.r2.start" in stages["generate_r2"]["params"] and "rounds.r2.start" in stages["dpo_r2"]["params"]
+    # the first round has nothing before it: it starts from SFT either way
+    assert policy_deps(stages["generate_r1"]) == ["data/models/sft"]
 
 
 def test_round_override_params_only_on_the_stage_that_reads_them(tmp_path: Path):

@@ -14,6 +14,7 @@ from alignloop.modeling import load_causal_lm, load_tokenizer
 from alignloop.stages._cli import stage_main
 from alignloop.stages._train import common_args, log_curves, loss_summary
 from alignloop.stages.reward_model import to_conversational
+from alignloop.lineage import start_policy
 from alignloop.tracking import stage_run
 
 
@@ -23,8 +24,8 @@ def run(params, args) -> None:
 
     r = args.round
     d = params.round_section(r, "dpo")
-    prev = params.policy_dir(params.rounds[r].prev)
-    ref_dir = params.policy_dir("sft" if d.ref == "sft" else params.rounds[r].prev)
+    prev = start_policy(params, r)
+    ref_dir = params.policy_dir("sft") if d.ref == "sft" else prev
     pairs = io.read_jsonl(f"data/rounds/{r}/pairs.jsonl", io.validate_pair, id_key="id")
     tokenizer = load_tokenizer(prev, params.model)
     model = load_causal_lm(prev, params.model)

@@ -61,11 +61,12 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def run(params, args) -> None:
     from alignloop.inference import sample
     from alignloop.modeling import load_causal_lm, load_tokenizer
+    from alignloop.lineage import start_policy
     from alignloop.tracking import stage_run
 
     r = args.round
     g = params.round_section(r, "generate")
-    policy = params.policy_dir(params.rounds[r].prev)
+    policy = start_policy(params, r)
     prompts = io.read_jsonl(PROMPTS, io.validate_prompt, id_key="id")[: g.max_prompts]
     seed = params.seed * 1000 + list(params.rounds).index(r)
     max_prompt_tokens = params.model.max_length - g.max_new_tokens

@@ -1,0 +1,18 @@
+"""Which policy a round starts from. Read by generate and dpo; a dependency of their DVC stages, so it stays small."""
+
+from __future__ import annotations
+
+
+def registry_path(round_name: str) -> str:
+    return f"data/rounds/{round_name}/registry.json"
+
+
+def start_policy(params, round_name: str) -> str:
+    """The policy directory a round starts from: its prev's, or (``start: champion``) the champion recorded by
+    prev's registration — a pipeline output, so `dvc repro` follows the same chain every time."""
+    from alignloop.io import read_json
+
+    rnd = params.rounds[round_name]
+    if rnd.start == "prev" or rnd.prev == "sft":
+        return params.policy_dir(rnd.prev)
+    return read_json(registry_path(rnd.prev))["champion_after"]["path"]

@@ -1,0 +1,192 @@
+"""The model registry against a real sqlite-backed MLflow store: the register stage over three rounds, the gate,
+idempotent reruns, promote/rollback, resolving models:/ URIs, and two processes registering at once."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignloop import registry
+from alignloop.registry import RegistryError
+
+PARAMS = {
+    "experiment": "reg",
+    "registry": {"gate": {"beat_champion": ["gold_reward"], "max": {"kl_to_sft": 5.0}}},
+    "rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "r2": {"algo": "dpo", "prev": "r1"},
+               "r3": {"algo": "dpo", "prev": "r2"}, "r4": {"algo": "dpo", "prev": "r3", "start": "champion"}},
+}
+EVALS = {  # gold rises in r1 and r2; r3 is worse than r2 (fails the gate); r4's KL breaks the cap
+    "sft": {"gold_reward": 0.1, "proxy_reward": 1.0, "kl_to_sft": 0.0},
+    "r1": {"gold_reward": 0.4, "proxy_reward": 2.0, "kl_to_sft": 1.0},
+    "r2": {"gold_reward": 0.7, "proxy_reward": 3.0, "kl_to_sft": 2.0},
+    "r3": {"gold_reward": 0.6, "proxy_reward": 3.5, "kl_to_sft": 3.0},
+    "r4": {"gold_reward": 0.9, "proxy_reward": 4.0, "kl_to_sft": 7.0},
+}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("ALIGNLOOP_ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
+    for name, ev in EVALS.items():
+        eval_json = Path("data/eval/sft.json") if name == "sft" else Path(f"data/rounds/{name}/eval.json")
+        eval_json.parent.mkdir(parents=True, exist_ok=True)
+        eval_json.write_text(json.dumps(ev))
+        policy = Path("data/models/sft") if name == "sft" else Path(f"data/rounds/{name}/policy")
+        policy.mkdir(parents=True, exist_ok=True)
+        (policy / "model.safetensors").write_bytes(f"weights of {name}".encode())
+    return tmp_path
+
+
+def register(round_name: str) -> dict:
+    from alignloop.stages.register import main
+
+    assert main(["--round", round_name]) == 0
+    return json.loads(Path(f"data/rounds/{round_name}/registry.json").read_text())
+
+
+def test_rounds_register_versions_with_tags_aliases_and_gate(project):
+    r1, r2, r3 = register("r1"), register("r2"), register("r3")
+    assert [r1["version"], r2["version"], r3["version"]] == ["1", "2", "3"]
+    assert r1["promoted"] and r2["promoted"] and not r3["promoted"]
+    assert r3["reasons"][0] == "FAIL gold_reward: 0.6000 <= champion 0.7000"
+    assert r3["champion_after"]["round"] == "r2" and r3["champion_after"]["version"] == "2"
+
+    rows = {r["version"]: r for r in registry.versions("reg-policy")}
+    assert set(rows) == {"1", "2", "3"}
+    assert rows["3"]["aliases"] == ["candidate"] and rows["2"]["aliases"] == ["champion"]
+    t = rows["2"]["tags"]
+    assert t["round"] == "r2" and t["algo"] == "dpo" and t["parent_version"] == "1" and t["prev"] == "r1"
+    assert t["metric.gold_reward"] == "0.7" and len(t["policy_md5"]) == 32 and "git_commit" in t
+    assert "dvc_lock_md5" in t and "dvc.params_md5" in t
+    assert rows["1"]["tags"]["parent_version"] == "sft"
+    # The decision and its reasons are the version's description.
+    assert "stays candidate" in rows["3"]["description"] and "FAIL gold_reward" in rows["3"]["description"]
+    assert "PROMOTED" in rows["2"]["description"]
+    # No weights uploaded by default: the source is the policy directory itself.
+    assert rows["1"]["source"] == str(project / "data/rounds/r1/policy")
+
+
+def test_rerunning_a_round_returns_the_existing_version(project):
+    register("r1")
+    again = register("r1")
+    assert again["version"] == "1" and again["created"] is False
+    assert [r["version"] for r in registry.versions("reg-policy")] == ["1"]
+    assert [h["version"] for h in registry.history("reg-policy")] == ["1"]  # promoted once, not twice
+
+
+def test_changed_weights_are_a_new_version(project):
+    register("r1")
+    (project / "data/rounds/r1/policy/model.safetensors").write_bytes(b"retrained")
+    assert register("r1")["version"] == "2"
+
+
+def test_start_champion_skips_a_rejected_round(project):
+    from alignloop.config import load_params
+    from alignloop.lineage import start_policy
+
+    for r in ("r1", "r2", "r3"):
+        register(r)
+    params = load_params("params.yaml")
+    assert start_policy(params, "r4") == "data/rounds/r2/policy"   # r3 was rejected
+    assert start_policy(params, "r3") == "data/rounds/r2/policy"   # start: prev
+    r4 = register("r4")  # gold beats r2, but KL 7 > cap 5
+    assert not r4["promoted"] and "FAIL kl_to_sft: 7.0000 > cap 5.0" in r4["reasons"]
+
+
+def test_rollback_moves_champion_back_and_is_recorded(project):
+    for r in ("r1", "r2", "r3"):
+        register(r)
+    assert registry.rollback("reg-policy", reason="r2 misbehaves in production") == {"champion": "1", "from": "2"}
+    rows = {r["version"]: r for r in registry.versions("reg-policy")}
+    assert rows["1"]["aliases"] == ["champion"] and rows["3"]["aliases"] == ["candidate"]
+    assert "rolled back" in rows["2"]["description"]
+    hist = registry.history("reg-policy")
+    assert [(h["version"], h["by"]) for h in hist] == [("1", "gate"), ("2", "gate"), ("1", "rollback")]
+    assert hist[-1]["reason"] == "r2 misbehaves in production"
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback("reg-policy")
+    registry.promote("reg-policy", "3", reason="hand pick")
+    assert registry.rollback("reg-policy")["champion"] == "1"
+
+
+def test_models_uri_resolves_to_a_usable_local_path_and_checks_content(project):
+    register("r1")
+    path = registry.resolve("models:/reg-policy@champion")
+    assert (Path(path) / "model.safetensors").read_bytes() == b"weights of r1"
+    assert registry.resolve("models:/reg-policy/1") == path
+    (project / "data/rounds/r1/policy/model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(RegistryError, match="content changed since it was registered"):
+        registry.resolve("models:/reg-policy@champion")
+    with pytest.raises(RegistryError, match="not a model URI"):
+        registry.resolve("runs:/abc/model")
+
+
+def test_log_weights_uploads_them_as_artifacts(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["registry"]["log_weights"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    rec = register("r1")
+    assert rec["source"].endswith("/policy") and "mlartifacts" in rec["source"]
+    path = registry.resolve("models:/reg-policy@champion")
+    assert (Path(path) / "model.safetensors").read_bytes() == b"weights of r1"
+    assert not path.startswith(str(project / "data"))
+
+
+def _register_many(args):
+    uri, model, rounds = args
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    from alignloop import registry as reg
+
+    out = []
+    for r in rounds:
+        out.append(reg.register_round(name=model, round_name=r, source=f"/nowhere/{model}/{r}",
+                                      policy_md5=f"md5-{r}", run_id=None, tags={}, promote=True, decision="d"))
+    return out
+
+
+def test_two_processes_registering_at_once_lose_and_duplicate_nothing(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/shared.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    registry.client().search_registered_models()  # create the schema once, as the first stage run would
+    rounds = [f"r{i}" for i in range(1, 7)]
+    jobs = [(uri, "a-policy", rounds), (uri, "b-policy", rounds),
+            (uri, "shared-policy", rounds), (uri, "shared-policy", rounds)]  # same rounds, raced
+    with mp.get_context("spawn").Pool(4) as pool:
+        results = pool.map(_register_many, jobs)
+    for model in ("a-policy", "b-policy", "shared-policy"):
+        rows = registry.versions(model)
+        assert [r["version"] for r in rows] == [str(i) for i in range(1, 7)], (model, rows)
+        assert [r["round"] for r in rows] == rounds
+    # Of the two racers on the same rounds, exactly one created each version.
+    created = [sum(res[i]["created"] for res in results[2:]) for i in range(6)]
+    assert created == [1] * 6
+
+
+def test_cli_lists_promotes_and_rolls_back(project, capsys):
+    from alignloop.cli import main
+
+    for r in ("r1", "r2", "r3"):
+        register(r)
+    capsys.readouterr()
+    assert main(["registry", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "reg-policy: 3 version(s)" in out
+    assert "champion history: v1 (gate) -> v2 (gate)" in out
+    line3 = next(l for l in out.splitlines() if l.strip().startswith("3 "))
+    assert "candidate" in line3 and "stays candidate" in line3
+    assert main(["registry", "promote", "3", "--reason", "A/B test winner"]) == 0
+    assert main(["registry", "rollback"]) == 0
+    assert "'champion': '2'" in capsys.readouterr().out
+    assert main(["registry", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(project / "data/rounds/r2/policy")
+    assert main(["registry", "promote", "99"]) == 2
+    assert "error:" in capsys.readouterr().err
