@@ -26,7 +26,8 @@ repro: init
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && alignloop render --check && dvc repro
 
 demo: repro
-	export PATH="$(CURDIR)/$(BIN):$$PATH" && dvc metrics show data/report/summary.json && cat data/report/rounds.json
+	export PATH="$(CURDIR)/$(BIN):$$PATH" && dvc metrics show data/report/summary.json && cat data/report/rounds.json \
+	  && alignloop registry list
 
 test: init
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && python -m pytest -q
