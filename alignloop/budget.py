@@ -1,0 +1,67 @@
+"""Per-prompt sample budgets (pure): spend samples where a pair is likely to be informative.
+
+The Knapsack-RL idea for rejection sampling: a prompt whose responses all got the same reward last round
+(always solved, always failed) yields no usable pair whatever n is, while a prompt with high reward variance
+yields pairs with wide margins. With a total budget B, every prompt gets ``min_n`` samples and the rest is
+shared in proportion to last round's per-prompt reward variance (largest-remainder rounding, ties to the earlier
+prompt), capped at ``max_n``; with no variance anywhere it is shared evenly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def reward_variance(rewards: Sequence[float]) -> float:
+    """Population variance of one prompt's rewards (0 for fewer than two)."""
+    if len(rewards) < 2:
+        return 0.0
+    m = sum(rewards) / len(rewards)
+    return sum((r - m) ** 2 for r in rewards) / len(rewards)
+
+
+def _share(extra: int, weights: list[float], room: list[int]) -> list[int]:
+    """Split ``extra`` over prompts by ``weights`` without exceeding ``room``; largest remainders, earlier first."""
+    alloc = [0] * len(weights)
+    while extra > 0:
+        open_ = [i for i, r in enumerate(room) if alloc[i] < r]
+        if not open_:
+            break
+        w = {i: weights[i] for i in open_}
+        if sum(w.values()) <= 0:
+            w = {i: 1.0 for i in open_}  # nothing to prefer: evenly
+        total_w = sum(w.values())
+        ideal = {i: extra * w[i] / total_w for i in open_}
+        give = {i: min(int(ideal[i]), room[i] - alloc[i]) for i in open_}
+        left = extra - sum(give.values())
+        for i in sorted(open_, key=lambda i: (-(ideal[i] - int(ideal[i])), i)):
+            if left == 0:
+                break
+            if give[i] < room[i] - alloc[i]:
+                give[i] += 1
+                left -= 1
+        if sum(give.values()) == 0:
+            break
+        for i, g in give.items():
+            alloc[i] += g
+        extra -= sum(give.values())
+    return alloc
+
+
+def allocate(variances: Sequence[float], total: int, *, min_n: int = 2, max_n: int | None = None) -> list[int]:
+    """Samples per prompt: ``min_n`` each, the remaining ``total - P*min_n`` by variance, at most ``max_n`` each.
+
+    Raises ValueError when ``total`` cannot give every prompt ``min_n``. The result sums to ``total`` unless every
+    prompt reached ``max_n`` first.
+    """
+    p = len(variances)
+    if any(v < 0 for v in variances):
+        raise ValueError("variances must be >= 0")
+    if max_n is not None and max_n < min_n:
+        raise ValueError(f"max_n ({max_n}) < min_n ({min_n})")
+    if total < p * min_n:
+        raise ValueError(f"budget {total} cannot give {p} prompts {min_n} samples each (fix: raise the budget to "
+                         f">= {p * min_n} or lower min_n)")
+    room = [(max_n - min_n) if max_n is not None else total for _ in range(p)]
+    extra = _share(total - p * min_n, list(variances), room)
+    return [min_n + e for e in extra]
