@@ -65,3 +65,34 @@ def allocate(variances: Sequence[float], total: int, *, min_n: int = 2, max_n: i
     room = [(max_n - min_n) if max_n is not None else total for _ in range(p)]
     extra = _share(total - p * min_n, list(variances), room)
     return [min_n + e for e in extra]
+
+
+# Expected range (max - min) of n standard normal draws, n = 1..10 (the d2 constants of quality control).
+EXPECTED_RANGE = [0.0, 0.0, 1.128, 1.693, 2.059, 2.326, 2.534, 2.704, 2.847, 2.970, 3.078]
+
+
+def allocate_expected_range(stds: Sequence[float], total: int, *, min_n: int = 2, max_n: int = 8) -> list[int]:
+    """Samples per prompt that maximise the summed expected best-minus-worst margin, if a prompt's rewards are
+    normal with last round's std: greedily give the next sample to the prompt whose expected range grows most,
+    ``std * (d[n+1] - d[n])`` (ties to the earlier prompt). Diminishing returns spread the budget instead of
+    piling it on the noisiest prompts."""
+    if max_n >= len(EXPECTED_RANGE) or min_n < 1 or max_n < min_n:
+        raise ValueError(f"need 1 <= min_n <= max_n <= {len(EXPECTED_RANGE) - 1}, got {min_n}, {max_n}")
+    p = len(stds)
+    if total < p * min_n:
+        raise ValueError(f"budget {total} cannot give {p} prompts {min_n} samples each (fix: raise the budget to "
+                         f">= {p * min_n} or lower min_n)")
+    import heapq
+
+    alloc = [min_n] * p
+    gain = lambda i: stds[i] * (EXPECTED_RANGE[alloc[i] + 1] - EXPECTED_RANGE[alloc[i]])  # noqa: E731
+    heap = [(-gain(i), i) for i in range(p) if alloc[i] < max_n]
+    heapq.heapify(heap)
+    left = total - p * min_n
+    while left > 0 and heap:
+        _, i = heapq.heappop(heap)
+        alloc[i] += 1
+        left -= 1
+        if alloc[i] < max_n:
+            heapq.heappush(heap, (-gain(i), i))
+    return alloc

@@ -3,8 +3,9 @@
 On a finished embedded pipeline (default: this repo after `make demo`): draws ``--n-max`` samples per training
 prompt from the policy round ``--round`` starts from, scores them with the reward model, then compares
   uniform:  the first n samples of every prompt (total n * P),
-  budget:   the first a_i samples of prompt i, a = allocate(variance of prompt i's rewards in the previous round,
-            total n * P, min_n, n_max)  (alignloop.budget),
+  budget_variance:  the first a_i samples of prompt i, a = allocate(variance of prompt i's rewards in the
+            previous round, total n * P, min_n, n_max)  (alignloop.budget),
+  budget_expected_range:  a = allocate_expected_range(std of those rewards, ...): greedy on expected margin gain,
 by the share of prompts whose best-vs-worst margin reaches each threshold. The first k of n i.i.d. samples are
 k i.i.d. samples, so one draw of n_max serves both arms.
 
@@ -45,7 +46,7 @@ def main() -> int:
 
     os.chdir(a.project)
     from alignloop import io
-    from alignloop.budget import allocate, reward_variance
+    from alignloop.budget import allocate, allocate_expected_range, reward_variance
     from alignloop.config import load_params
     from alignloop.inference import reward_scores, sample
     from alignloop.lineage import start_policy
@@ -74,8 +75,11 @@ def main() -> int:
         groups[r["prompt_id"]].append((r, w))
     pids = [p["id"] for p in prompts]
     total = a.n * len(pids)
-    alloc = allocate([reward_variance(by_prompt.get(pid, [])) for pid in pids], total, min_n=a.min_n, max_n=a.n_max)
-    arms = {"uniform": {pid: a.n for pid in pids}, "budget": dict(zip(pids, alloc))}
+    variances = [reward_variance(by_prompt.get(pid, [])) for pid in pids]
+    alloc = allocate(variances, total, min_n=a.min_n, max_n=a.n_max)
+    by_range = allocate_expected_range([v ** 0.5 for v in variances], total, min_n=a.min_n, max_n=a.n_max)
+    arms = {"uniform": {pid: a.n for pid in pids}, "budget_variance": dict(zip(pids, alloc)),
+            "budget_expected_range": dict(zip(pids, by_range))}
     result = {"round": a.round, "prompts": len(pids), "total_samples": total, "n": a.n, "n_max": a.n_max,
               "min_n": a.min_n, "seed": a.seed, "arms": {}}
     for arm, counts in arms.items():

@@ -116,3 +116,16 @@ def test_allocate_edge_cases():
     with pytest.raises(ValueError, match="max_n"):
         allocate([1.0], 5, min_n=3, max_n=2)
     assert sum(allocate([0.3, 0.1, 0.0, 2.2, 0.9], 40, min_n=2)) == 40
+
+
+def test_allocate_expected_range_greedy_hand_computed():
+    from alignloop.budget import allocate_expected_range
+
+    # gains from n=2: std * (1.693 - 1.128) = 0.565 std; from n=3: 0.366 std; from n=4: 0.267 std
+    # stds (1, 2): extra 3 -> prompt 1 (1.13), prompt 1 (0.732), prompt 0 (0.565 > 0.534)
+    assert allocate_expected_range([1.0, 2.0], 7, min_n=2, max_n=8) == [3, 4]
+    assert allocate_expected_range([1.0, 1.0], 6, min_n=2, max_n=8) == [3, 3]     # tie: earlier first, then the other
+    assert allocate_expected_range([0.0, 0.0, 5.0], 8, min_n=2, max_n=4) == [2, 2, 4]  # capped; zero-std gain is 0
+    assert sum(allocate_expected_range([0.0, 0.0, 5.0], 9, min_n=2, max_n=4)) == 9
+    with pytest.raises(ValueError):
+        allocate_expected_range([1.0], 5, min_n=2, max_n=11)
