@@ -131,7 +131,10 @@ class ScoreConfig(_Section):
 
 
 class PairsConfig(_Section):
-    strategy: Literal["max_min"] = Field("max_min", description="Pair selection: best vs worst of n by reward.")
+    strategy: Literal["max_min", "max_random", "length_penalised"] = Field(
+        "max_min", description="Pair selection: best vs worst of n by reward; best vs a random lower one; or best vs "
+        "worst of reward - length_penalty * tokens.")
+    length_penalty: float = Field(0.0, ge=0, description="Reward lost per response token (strategy length_penalised).")
     min_margin: float = Field(0.1, ge=0, description="Drop prompts whose best-worst reward gap is below this.")
 
 

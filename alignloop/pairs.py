@@ -42,11 +42,13 @@ def max_min_pair(candidates: list[tuple[dict, float]], min_margin: float) -> tup
     return c, r, rc, rr
 
 
-def select_pairs(groups: dict, min_margin: float, round_name: str) -> list[dict]:
-    """One preference pair per prompt (best vs worst), in prompt-id order."""
+def select_pairs(groups: dict, min_margin: float, round_name: str, pick=None, source: str | None = None) -> list[dict]:
+    """One preference pair per prompt, in prompt-id order: best vs worst, or ``pick(candidates)`` (a strategy of
+    alignloop.selection) when given."""
+    pick = pick or (lambda cands: max_min_pair(cands, min_margin))
     pairs = []
     for pid in sorted(groups):
-        picked = max_min_pair(groups[pid], min_margin)
+        picked = pick(groups[pid])
         if picked is None:
             continue
         c, r, rc, rr = picked
@@ -57,6 +59,6 @@ def select_pairs(groups: dict, min_margin: float, round_name: str) -> list[dict]
             "rejected": r["response"],
             "chosen_score": rc,
             "rejected_score": rr,
-            "source": f"rejection_sampling:{round_name}",
+            "source": source or f"rejection_sampling:{round_name}",
         })
     return pairs

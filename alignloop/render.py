@@ -155,7 +155,7 @@ def render(params: Params, raw: dict) -> dict:
         }
         stages[f"pairs_{name}"] = {
             "cmd": PY + f"pairs --round {name}",
-            "deps": COMMON + ["alignloop/pairs.py", "alignloop/stages/pairs.py", f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
+            "deps": COMMON + ["alignloop/pairs.py", "alignloop/selection.py", "alignloop/stages/pairs.py", f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
             "params": ["pairs"] + _round_keys(raw_rounds, name, ["pairs"]),
             "outs": [f"{d}/pairs.jsonl"],
             "metrics": [{f"{d}/pairs_metrics.json": {"cache": False}}],

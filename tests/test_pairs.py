@@ -129,3 +129,43 @@ def test_select_pairs_fields_and_order():
 def test_select_pairs_empty_and_all_dropped():
     assert select_pairs({}, 0.1, "r1") == []
     assert select_pairs({"p0": cands([1.0, 1.05])}, 0.1, "r1") == []
+
+
+def test_pairs_stage_strategies_are_params_and_reproducible(tmp_path, monkeypatch):
+    """The pairs stage picks by `pairs.strategy`; max_random is seeded per round, so a rerun writes the same file."""
+    import json
+
+    import yaml
+
+    from alignloop.stages.pairs import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    d = tmp_path / "data/rounds/r1"
+    d.mkdir(parents=True)
+    samples, scores = [], []
+    for p in range(6):
+        for k, (text, reward) in enumerate([("short", 1.0), ("a much longer answer here", 3.0), ("mid one", 2.0),
+                                            ("low", -1.0)]):
+            samples.append({"prompt_id": f"p{p}", "sample_idx": k, "prompt": f"q{p}", "response": f"{text} {p}",
+                            "num_tokens": len(text.split()) + 1, "finish_reason": "stop", "seed": 0})
+            scores.append({"prompt_id": f"p{p}", "sample_idx": k, "reward": reward + 0.1 * p})
+    (d / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+    (d / "scores.jsonl").write_text("".join(json.dumps(x) + "\n" for x in scores))
+
+    def run(pairs_cfg):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+            {"experiment": "t", "pairs": pairs_cfg, "rounds": {"r1": {"algo": "dpo", "prev": "sft"}}}))
+        assert main(["--round", "r1"]) == 0
+        return [json.loads(l) for l in (d / "pairs.jsonl").read_text().splitlines()]
+
+    best_worst = run({"strategy": "max_min", "min_margin": 0.1})
+    assert {(x["chosen"].split()[0], x["rejected"].split()[0]) for x in best_worst} == {("a", "low")}
+    # 2 reward per token: short 1-2*2 = -3, mid 2-2*3 = -4, low -1-2*2 = -5, long 3-2*6 = -9 (+0.1p each)
+    penalised = run({"strategy": "length_penalised", "length_penalty": 2.0, "min_margin": 0.1})
+    assert {(x["chosen"].split()[0], x["rejected"].split()[0]) for x in penalised} == {("short", "a")}
+    assert penalised[0]["source"] == "rejection_sampling:r1:length_penalised"
+    first = run({"strategy": "max_random", "min_margin": 0.1})
+    assert all(x["chosen"].startswith("a much") for x in first)
+    assert len({x["rejected"].split()[0] for x in first}) > 1          # random lower ones, not always the worst
+    assert run({"strategy": "max_random", "min_margin": 0.1}) == first  # same seed, same pairs

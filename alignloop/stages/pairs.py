@@ -6,8 +6,20 @@ import sys
 
 from alignloop import io
 from alignloop.pairs import group_by_prompt, select_pairs
+from alignloop.selection import length_penalised_pair, max_random_pair
 from alignloop.stages._cli import stage_main
 from alignloop.tracking import stage_run
+
+
+def _strategy(params, r: str, p):
+    import random
+
+    if p.strategy == "max_random":  # seeded per round; draws in prompt-id order, so reruns pick the same pairs
+        rng = random.Random(params.seed * 1000 + list(params.rounds).index(r))
+        return lambda cands: max_random_pair(cands, p.min_margin, rng)
+    if p.strategy == "length_penalised":
+        return lambda cands: length_penalised_pair(cands, p.length_penalty, p.min_margin)
+    return None  # max_min
 
 
 def run(params, args) -> None:
@@ -19,7 +31,8 @@ def run(params, args) -> None:
         groups = group_by_prompt(samples, scores)
     except KeyError as exc:
         raise io.DataError(f"data/rounds/{r}/scores.jsonl: {exc.args[0]}") from None
-    pairs = select_pairs(groups, p.min_margin, r)
+    pairs = select_pairs(groups, p.min_margin, r, pick=_strategy(params, r, p),
+                         source=None if p.strategy == "max_min" else f"rejection_sampling:{r}:{p.strategy}")
     if not pairs:
         raise io.DataError(
             f"data/rounds/{r}/scores.jsonl: no prompt produced a pair with margin >= {p.min_margin} "
