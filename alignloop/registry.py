@@ -126,7 +126,11 @@ def register_round(*, name: str, round_name: str, source: str, policy_md5: str, 
         v = str(version.version)
         _retry(c.set_registered_model_alias, name, "candidate", v)
         aliases = _retry(c.get_registered_model, name).aliases
-        if promote and str(aliases.get("champion")) != v:
+        # Promote once per version: a replay of an earlier round (a full `dvc repro --force`, a rerun after a
+        # later round was promoted) must not drag `champion` back; a crash between creating the version and
+        # moving the alias has no gate entry yet, so the rerun completes it.
+        promoted_before = any(h["version"] == v and h.get("by") == "gate" for h in _history(c, name))
+        if promote and str(aliases.get("champion")) != v and not promoted_before:
             _set_champion(c, name, v, {"by": "gate", "round": round_name})
     return {"version": v, "created": created}
 

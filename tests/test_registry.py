@@ -81,6 +81,27 @@ def test_rerunning_a_round_returns_the_existing_version(project):
     assert [h["version"] for h in registry.history("reg-policy")] == ["1"]  # promoted once, not twice
 
 
+def test_replaying_an_earlier_round_does_not_move_the_champion_back(project):
+    register("r1"), register("r2")
+    again = register("r1")  # e.g. `dvc repro --force`: r1 is replayed after r2 was promoted
+    assert again["created"] is False
+    rows = {r["version"]: r for r in registry.versions("reg-policy")}
+    assert rows["2"]["aliases"] == ["champion"]
+    assert [h["version"] for h in registry.history("reg-policy")] == ["1", "2"]
+
+
+def test_a_crash_between_version_and_alias_is_completed_by_the_rerun(project):
+    from alignloop import registry as reg
+
+    c = reg.client()
+    c.create_registered_model("reg-policy")
+    md5 = reg.content_hash(project / "data/rounds/r1/policy")
+    c.create_model_version("reg-policy", source=str(project / "data/rounds/r1/policy"), tags={"round": "r1", "policy_md5": md5})
+    rec = register("r1")  # the version exists (created before the "crash"), the aliases do not
+    assert rec["version"] == "1" and rec["created"] is False
+    assert registry.versions("reg-policy")[0]["aliases"] == ["candidate", "champion"]
+
+
 def test_changed_weights_are_a_new_version(project):
     register("r1")
     (project / "data/rounds/r1/policy/model.safetensors").write_bytes(b"retrained")
