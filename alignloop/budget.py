@@ -96,3 +96,28 @@ def allocate_expected_range(stds: Sequence[float], total: int, *, min_n: int = 2
         if alloc[i] < max_n:
             heapq.heappush(heap, (-gain(i), i))
     return alloc
+
+
+def next_wave(rewards: Sequence[Sequence[float]], remaining: int, *, target_margin: float, max_n: int,
+              step: int = 1) -> list[int]:
+    """Adaptive budget, one wave: how many more samples each prompt gets, given the rewards it has so far.
+
+    A prompt is open while its best-minus-worst reward is below ``target_margin`` and it has fewer than ``max_n``
+    samples; each open prompt gets ``step`` more (capped at ``max_n``). When ``remaining`` cannot cover every open
+    prompt, the ones closest to a usable pair go first — fewer than two samples, then largest current margin, ties
+    to the earlier prompt — so prompts whose samples all score alike (always solved, always failed) are the ones left out. Returns zeros
+    when nothing is open or nothing remains.
+    """
+    if step < 1 or max_n < 1:
+        raise ValueError(f"step and max_n must be >= 1, got {step}, {max_n}")
+    want = [0] * len(rewards)
+    margin = [max(r) - min(r) if r else 0.0 for r in rewards]
+    open_ = [i for i, r in enumerate(rewards) if len(r) < max_n and (len(r) < 2 or margin[i] < target_margin)]
+    open_.sort(key=lambda i: (len(rewards[i]) >= 2, -margin[i], i))  # a prompt without a pair yet comes first
+    left = remaining
+    for i in open_:
+        if left <= 0:
+            break
+        want[i] = min(step, max_n - len(rewards[i]), left)
+        left -= want[i]
+    return want

@@ -18,6 +18,14 @@ PARAMS_FILE = "params.yaml"
 ROUND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+def merge(base: dict, override: dict) -> dict:
+    """``override`` over ``base``; nested mappings merge key by key (a round can set one budget field)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class ConfigError(ValueError):
     """params.yaml is invalid; the message lists every problem with its key path, line and fix."""
 
@@ -115,19 +123,54 @@ class RewardModelConfig(_Section):
     epochs: float = Field(8.0, gt=0, description="Passes over the preference pairs.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     batch_size: int = Field(32, gt=0, description="Pairs per optimizer step.")
+    ensemble: int = Field(1, ge=1, le=16, description="Reward models trained with seeds seed..seed+k-1 (data/models/rm, "
+                          "rm-1, ...); the score stage combines them by score.aggregate.")
+
+
+class BudgetConfig(_Section):
+    """How the round's total of ``generate.n`` x prompts samples is spread over prompts (see alignloop/budget.py)."""
+
+    strategy: Literal["uniform", "prev_variance", "adaptive"] = Field(
+        "uniform", description="uniform: n per prompt. prev_variance: more samples where the previous round's "
+        "rewards varied (expected-range greedy; the first round is uniform). adaptive: min_n per prompt, then waves of "
+        "`step` more to prompts whose best-worst reward gap is still below target_margin (needs the reward model).")
+    min_n: int = Field(2, ge=1, description="Samples every prompt gets.")
+    max_n: int = Field(10, ge=1, le=10, description="Most samples one prompt may get.")
+    target_margin: float = Field(1.0, ge=0, description="adaptive: a prompt stops once its best-worst gap reaches this.")
+    step: int = Field(1, ge=1, description="adaptive: samples added per open prompt per wave.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_n < self.min_n:
+            raise ValueError(f"max_n ({self.max_n}) < min_n ({self.min_n}) (fix: raise max_n or lower min_n)")
+        return self
 
 
 class GenerateConfig(_Section):
-    n: int = Field(4, ge=1, description="Samples per prompt (best and worst of n make a pair).")
+    n: int = Field(4, ge=1, description="Samples per prompt (best and worst of n make a pair); with a budget, the "
+                   "average: the round draws n x prompts samples in all.")
     max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    batch_size: int = Field(64, gt=0, description="Prompts per generate() call (each expands to n sequences).")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a response (cut before them).")
+    batch_size: int = Field(64, gt=0, description="Prompts per generate() call (each expands to n sequences); also "
+                            "the seeding unit: batch b samples with seed + b.")
     max_prompts: int | None = Field(None, gt=0, description="Use the first N training prompts (None: all).")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="hf: batched KV-cached transformers generate. vllm: offline vLLM (GPU, extra '.[vllm]'). "
+        "auto: vllm when installed and a GPU is visible, else hf.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over.")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vllm: share of GPU memory for weights and KV "
+                                          "cache (leave room for the reward model).")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Per-prompt sample budget.")
 
 
 class ScoreConfig(_Section):
     batch_size: int = Field(128, gt=0, description="Sequences per reward-model forward pass.")
+    aggregate: Literal["mean", "min", "mean_minus_std"] = Field(
+        "mean", description="How an ensemble's member rewards combine (reward_model.ensemble > 1): mean, worst case, "
+        "or mean - std_penalty * std (conservative against over-optimisation).")
+    std_penalty: float = Field(1.0, ge=0, description="lambda of mean_minus_std.")
 
 
 class PairsConfig(_Section):
@@ -136,6 +179,8 @@ class PairsConfig(_Section):
         "worst of reward - length_penalty * tokens.")
     length_penalty: float = Field(0.0, ge=0, description="Reward lost per response token (strategy length_penalised).")
     min_margin: float = Field(0.1, ge=0, description="Drop prompts whose best-worst reward gap is below this.")
+    listwise: bool = Field(False, description="Also write rankings.jsonl: every prompt's responses ranked best first "
+                           "(for listwise losses).")
 
 
 class DPOConfig(_Section):
@@ -242,7 +287,7 @@ def _round_errors(rounds: dict, bases: dict[str, dict], registry_enabled: bool =
             if not isinstance(override, dict):
                 continue  # absent, or a wrong type that field validation reports
             try:
-                model.model_validate({**bases[section], **override})
+                model.model_validate(merge(bases[section], override))
             except ValidationError as exc:
                 errors.extend({**e, "loc": ("rounds", name, section, *e["loc"])} for e in exc.errors())
     return errors
@@ -282,7 +327,7 @@ class Params(_Section):
     def round_section(self, round_name: str, section: str):
         rnd = self.rounds[round_name]
         base = getattr(self, section)
-        return type(base)(**{**base.model_dump(), **getattr(rnd, section)})
+        return type(base)(**merge(base.model_dump(), getattr(rnd, section)))
 
     def policy_dir(self, name: str) -> str:
         return "data/models/sft" if name == "sft" else f"data/rounds/{name}/policy"

@@ -15,6 +15,27 @@ from tqdm.auto import tqdm
 from alignloop.modeling import render_full, render_prompt
 
 
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest occurrence of any stop string (the stop string itself is dropped, as vLLM does);
+    returns the text and whether a stop string was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
+
+
+def finish_row(tokenizer, ids: list[int], stop: Sequence[str] = ()) -> tuple[str, int, str]:
+    """``(response, num_tokens, finish_reason)`` of one generated id sequence, the same for every backend:
+    ids end at the first EOS (kept in the count), padding is dropped, text is cut at the first stop string."""
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id) + 1]
+        finish = "stop"
+    else:
+        ids = [t for t in ids if t != pad_id]
+        finish = "length"
+    text, hit = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+    return text.strip(), len(ids), "stop" if hit else finish
+
+
 def _batches(items: Sequence, size: int):
     for i in range(0, len(items), size):
         yield i, items[i : i + size]
@@ -33,12 +54,16 @@ def sample(
     batch_size: int,
     seed: int,
     max_prompt_tokens: int,
+    stop: Sequence[str] = (),
+    first_idx: dict | None = None,
     desc: str = "generate",
 ) -> list[dict]:
     """Sample ``n`` responses per ``(prompt_id, prompt)``; rows follow the samples contract.
 
     Seeding: batch ``b`` samples under ``torch.manual_seed(seed + b)``, so a rerun with the same prompts,
-    batch size and seed reproduces every sample; the seed used is recorded per row.
+    batch size and seed reproduces every sample; the seed used is recorded per row. ``stop``: strings that end a
+    response (generation halts there; the text is cut before it). ``first_idx``: per prompt id, the
+    ``sample_idx`` of its first sample here (for adding samples to a prompt that has some).
     """
     model.eval()
     eos_id = tokenizer.eos_token_id
@@ -49,7 +74,7 @@ def sample(
         enc = tokenizer(
             texts, return_tensors="pt", padding=True, add_special_tokens=False,
             truncation=True, max_length=max_prompt_tokens,
-        )
+        ).to(model.device)
         batch_seed = seed + b
         torch.manual_seed(batch_seed)
         out = model.generate(
@@ -62,23 +87,19 @@ def sample(
             num_return_sequences=n,
             eos_token_id=eos_id,
             pad_token_id=tokenizer.pad_token_id,
+            **({"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}),
         )
         gen = out[:, enc["input_ids"].shape[1]:]
         for j, (pid, prompt) in enumerate(batch):
+            base = (first_idx or {}).get(pid, 0)
             for k in range(n):
-                ids = gen[j * n + k].tolist()
-                if eos_id in ids:
-                    ids = ids[: ids.index(eos_id) + 1]
-                    finish = "stop"
-                else:
-                    ids = [t for t in ids if t != tokenizer.pad_token_id]
-                    finish = "length"
+                text, num_tokens, finish = finish_row(tokenizer, gen[j * n + k].tolist(), stop)
                 rows.append({
                     "prompt_id": pid,
-                    "sample_idx": k,
+                    "sample_idx": base + k,
                     "prompt": prompt,
-                    "response": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                    "num_tokens": len(ids),
+                    "response": text,
+                    "num_tokens": num_tokens,
                     "finish_reason": finish,
                     "seed": batch_seed,
                 })
@@ -108,7 +129,7 @@ def reward_scores(rm, tokenizer, prompts: list, responses: list[str], *, batch_s
         for row, i in enumerate(idx):
             ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
             mask[row, : len(encoded[i])] = 1
-        logits = rm(input_ids=ids, attention_mask=mask).logits[:, 0]
+        logits = rm(input_ids=ids.to(rm.device), attention_mask=mask.to(rm.device)).logits[:, 0].float().cpu()
         for row, i in enumerate(idx):
             scores[i] = float(logits[row])
     return scores
@@ -134,10 +155,28 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str], *, 
             ids[row, : len(full)] = torch.tensor(full)
             mask[row, : len(full)] = 1
             resp[row, plen : len(full)] = True
+        ids, mask, resp = ids.to(model.device), mask.to(model.device), resp.to(model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         # Token t is predicted from position t-1.
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        total = (logp * resp[:, 1:]).sum(-1)
+        total = (logp * resp[:, 1:]).sum(-1).cpu()
         for row, i in enumerate(idx):
             out[i] = float(total[row])
     return out
+
+
+def ensemble_rewards(paths: list[str], model_cfg, prompts: list, responses: list[str], *, batch_size: int,
+                     aggregate: str = "mean", std_penalty: float = 1.0, desc: str = "score") -> tuple[list[float], list[list[float]]]:
+    """Score with every reward model in ``paths`` (loaded one at a time, so k members never share memory) and
+    combine them (alignloop.ensemble.aggregate). Returns ``(rewards, member_rewards)``; one path: its own scores."""
+    from alignloop.ensemble import aggregate as combine
+    from alignloop.modeling import load_reward_model, load_tokenizer, to_device
+
+    members = []
+    for k, path in enumerate(paths):
+        rm = to_device(load_reward_model(path, model_cfg))
+        members.append(reward_scores(rm, load_tokenizer(path, model_cfg), prompts, responses, batch_size=batch_size,
+                                     max_length=model_cfg.max_length,
+                                     desc=desc if len(paths) == 1 else f"{desc} (member {k + 1}/{len(paths)})"))
+        del rm
+    return (members[0] if len(members) == 1 else combine(members, aggregate, std_penalty)), members

@@ -16,3 +16,8 @@ def start_policy(params, round_name: str) -> str:
     if rnd.start == "prev" or rnd.prev == "sft":
         return params.policy_dir(rnd.prev)
     return read_json(registry_path(rnd.prev))["champion_after"]["path"]
+
+
+def reward_model_dirs(params) -> list[str]:
+    """The reward model's directories: member 0 at data/models/rm, further ensemble members at rm-1, rm-2, ..."""
+    return ["data/models/rm"] + [f"data/models/rm-{i}" for i in range(1, params.reward_model.ensemble)]

@@ -152,6 +152,13 @@ def load_reward_model(path: str | Path, model_cfg):
         raise FileNotFoundError(f"{path}: cannot load the reward model ({exc}). Fix: `dvc repro reward_model`.") from None
 
 
+def to_device(model):
+    """The model on the first visible CUDA GPU when there is one (inference stages), else unchanged on CPU."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

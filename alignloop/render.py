@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from alignloop.config import Params
+from alignloop.lineage import reward_model_dirs
 
 HEADER = "# GENERATED from params.yaml by `alignloop render` -- do not edit; edit params.yaml and re-render.\n"
 PY = "python -m alignloop.stages."
@@ -110,11 +111,12 @@ def render(params: Params, raw: dict) -> dict:
                        "data/curated/prefs/train.jsonl", "data/curated/prefs/eval.jsonl"]
     if embedded_data:
         rm_deps.append("alignloop/task.py")
+    rm_dirs = reward_model_dirs(params)
     stages["reward_model"] = {
         "cmd": PY + "reward_model",
-        "deps": rm_deps,
+        "deps": rm_deps + (["alignloop/ensemble.py", "alignloop/lineage.py"] if len(rm_dirs) > 1 else []),
         "params": ["seed", "model", "reward_model", "score.batch_size", "data.source"],
-        "outs": ["data/models/rm"],
+        "outs": rm_dirs,
         "metrics": [{"data/models/rm.metrics.json": {"cache": False}}],
     }
     eval_deps = INFER + ["alignloop/metrics.py", "alignloop/stages/evaluate.py", "data/curated/prompts/eval.jsonl",
@@ -140,24 +142,33 @@ def render(params: Params, raw: dict) -> dict:
         else:
             start_deps = [prev_policy]
         start_keys = [f"rounds.{name}.start"] if "start" in (raw_rounds.get(name) or {}) else []
+        budget = params.round_section(name, "generate").budget.strategy
+        budget_deps, budget_keys = ["alignloop/budget.py", "alignloop/backends.py"], []
+        if budget == "adaptive":  # scores its samples as it draws them: the reward model(s) are inputs
+            budget_deps += ["alignloop/ensemble.py", *rm_dirs]
+            budget_keys = ["score", "reward_model.ensemble"] + _round_keys(raw_rounds, name, ["score"])
+        elif budget == "prev_variance" and rnd.prev != "sft":
+            budget_deps.append(f"data/rounds/{rnd.prev}/scores.jsonl")
         stages[f"generate_{name}"] = {
             "cmd": PY + f"generate --round {name}",
-            "deps": INFER + ["alignloop/stages/generate.py", "alignloop/lineage.py", *start_deps,
+            "deps": INFER + ["alignloop/stages/generate.py", "alignloop/lineage.py", *budget_deps, *start_deps,
                              "data/curated/prompts/train.jsonl"],
-            "params": ["seed", "model", "generate"] + _round_keys(raw_rounds, name, ["generate"]) + start_keys,
+            "params": ["seed", "model", "generate"] + _round_keys(raw_rounds, name, ["generate"]) + budget_keys
+            + start_keys,
             "outs": [f"{d}/samples.jsonl"],
         }
         stages[f"score_{name}"] = {
             "cmd": PY + f"score --round {name}",
-            "deps": INFER + ["alignloop/metrics.py", "alignloop/stages/score.py", "data/models/rm", f"{d}/samples.jsonl"],
-            "params": ["model", "score"] + _round_keys(raw_rounds, name, ["score"]),
+            "deps": INFER + ["alignloop/ensemble.py", "alignloop/lineage.py", "alignloop/metrics.py",
+                             "alignloop/stages/score.py", *rm_dirs, f"{d}/samples.jsonl"],
+            "params": ["model", "score", "reward_model.ensemble"] + _round_keys(raw_rounds, name, ["score"]),
             "outs": [f"{d}/scores.jsonl"],
         }
         stages[f"pairs_{name}"] = {
             "cmd": PY + f"pairs --round {name}",
             "deps": COMMON + ["alignloop/pairs.py", "alignloop/selection.py", "alignloop/stages/pairs.py", f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
             "params": ["pairs"] + _round_keys(raw_rounds, name, ["pairs"]),
-            "outs": [f"{d}/pairs.jsonl"],
+            "outs": [f"{d}/pairs.jsonl"] + ([f"{d}/rankings.jsonl"] if params.round_section(name, "pairs").listwise else []),
             "metrics": [{f"{d}/pairs_metrics.json": {"cache": False}}],
         }
         dpo_cfg = params.round_section(name, "dpo")

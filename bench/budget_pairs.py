@@ -5,8 +5,11 @@ prompt from the policy round ``--round`` starts from, scores them with the rewar
   uniform:  the first n samples of every prompt (total n * P),
   budget_variance:  the first a_i samples of prompt i, a = allocate(variance of prompt i's rewards in the
             previous round, total n * P, min_n, n_max)  (alignloop.budget),
-  budget_expected_range:  a = allocate_expected_range(std of those rewards, ...): greedy on expected margin gain,
-by the share of prompts whose best-vs-worst margin reaches each threshold. The first k of n i.i.d. samples are
+  budget_expected_range:  a = allocate_expected_range(std of those rewards, ...): greedy on expected margin gain
+            (what generate.budget.strategy prev_variance runs),
+  adaptive: min_n per prompt, then one more at a time to prompts whose margin is still below --target
+            (alignloop.budget.next_wave, what strategy adaptive runs), taken from the same pool in draw order,
+by the share of prompts whose best-vs-worst margin reaches each threshold, and the samples each arm used. The first k of n i.i.d. samples are
 k i.i.d. samples, so one draw of n_max serves both arms.
 
     python bench/budget_pairs.py --round r2 --n 4 --n-max 8
@@ -15,12 +18,13 @@ k i.i.d. samples, so one draw of n_max serves both arms.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from _out import write_result  # noqa: E402
 
 
 def margins(groups: dict, counts: dict) -> dict:
@@ -41,12 +45,13 @@ def main() -> int:
     ap.add_argument("--n-max", type=int, default=8)
     ap.add_argument("--min-n", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--target", type=float, default=1.0, help="adaptive: the margin a prompt stops at")
     a = ap.parse_args()
     import os
 
     os.chdir(a.project)
     from alignloop import io
-    from alignloop.budget import allocate, allocate_expected_range, reward_variance
+    from alignloop.budget import allocate, allocate_expected_range, next_wave, reward_variance
     from alignloop.config import load_params
     from alignloop.inference import reward_scores, sample
     from alignloop.lineage import start_policy
@@ -80,19 +85,24 @@ def main() -> int:
     by_range = allocate_expected_range([v ** 0.5 for v in variances], total, min_n=a.min_n, max_n=a.n_max)
     arms = {"uniform": {pid: a.n for pid in pids}, "budget_variance": dict(zip(pids, alloc)),
             "budget_expected_range": dict(zip(pids, by_range))}
+    # adaptive: replay the waves on the pre-drawn pools (the k-th draw of a prompt is its k-th i.i.d. sample)
+    got = [[w for _, w in groups[pid][: a.min_n]] for pid in pids]
+    while True:
+        want = next_wave(got, total - sum(map(len, got)), target_margin=a.target, max_n=a.n_max)
+        if not any(want):
+            break
+        got = [g + [w for _, w in groups[pid][len(g): len(g) + k]] for g, pid, k in zip(got, pids, want)]
+    arms["adaptive"] = {pid: len(g) for pid, g in zip(pids, got)}
     result = {"round": a.round, "prompts": len(pids), "total_samples": total, "n": a.n, "n_max": a.n_max,
-              "min_n": a.min_n, "seed": a.seed, "arms": {}}
+              "min_n": a.min_n, "seed": a.seed, "target": a.target, "arms": {}}
     for arm, counts in arms.items():
         m = margins(groups, counts)
         result["arms"][arm] = {
             "samples": sum(counts.values()),
-            **{f"share_margin_ge_{t}": sum(v >= t for v in m.values()) / len(m) for t in (0.1, 0.5, 1.0, 2.0)},
+            **{f"share_margin_ge_{t}": sum(v >= t for v in m.values()) / len(m) for t in (0.5, 1.0, 1.5, 2.0)},
             "mean_margin": sum(m.values()) / len(m),
         }
-    out = REPO / "bench" / "out" / "budget_pairs.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("budget_pairs", result)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Output tokens/s of the sampling stage's code vs a bare batched `model.generate` loop vs one sample at a time.
 
 Same model, prompts, n, max_new_tokens, temperature and batch size for every arm; tokens are counted the same way
-(response tokens up to and including EOS). The stage's path (`alignloop.inference.sample`) adds chat
+(response tokens up to and including EOS). The stage's path (`alignloop.backends.HFBackend`, i.e. `alignloop.inference.sample`) adds chat
 rendering, seeding, per-row decoding and the row dicts of the samples contract; the bare loop is what a
 hand-written script would do. Run on a finished embedded pipeline (default: this repo after `make demo`).
 
@@ -11,7 +11,6 @@ hand-written script would do. Run on a finished embedded pipeline (default: this
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from _out import write_result  # noqa: E402
 
 
 def count_tokens(gen: torch.Tensor, eos: int, pad: int) -> int:
@@ -43,7 +44,7 @@ def main() -> int:
     os.chdir(REPO)
     from alignloop import io
     from alignloop.config import load_params
-    from alignloop.inference import sample
+    from alignloop.backends import HFBackend, SamplingSpec
     from alignloop.modeling import load_causal_lm, load_tokenizer, render_prompt, set_threads
 
     set_threads()
@@ -56,9 +57,12 @@ def main() -> int:
     gen_kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=a.max_new_tokens,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
+    backend = HFBackend(model, tok)  # what the generate stage runs with generate.backend: hf
+
     def stage_arm(items):
-        rows = sample(model, tok, items, n=a.n, max_new_tokens=a.max_new_tokens, temperature=1.0, top_p=1.0,
-                      batch_size=a.batch_size, seed=0, max_prompt_tokens=max_prompt, desc="stage")
+        rows = backend.sample(items, SamplingSpec(n=a.n, max_new_tokens=a.max_new_tokens, temperature=1.0, top_p=1.0,
+                                                  seed=0, max_prompt_tokens=max_prompt, batch_size=a.batch_size),
+                              desc="stage")
         return sum(r["num_tokens"] for r in rows)
 
     @torch.no_grad()
@@ -86,7 +90,7 @@ def main() -> int:
         return total
 
     results = {}
-    for name, fn, items in (("stage (alignloop.inference.sample)", stage_arm, pairs), ("bare batched generate", bare_arm, pairs),
+    for name, fn, items in (("stage (alignloop.backends.HFBackend)", stage_arm, pairs), ("bare batched generate", bare_arm, pairs),
                             ("one sample at a time", per_sample_arm, pairs[: a.per_sample_prompts])):
         best = 0.0
         for _ in range(a.repeats):  # best of N: the least disturbed run on a shared machine
@@ -98,10 +102,7 @@ def main() -> int:
     stage, bare, slow = results.values()
     summary = {"tokens_per_s": results, "stage_vs_bare": round(stage / bare, 3), "stage_vs_per_sample": round(stage / slow, 2),
                "settings": {**vars(a), "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters())}}
-    out = REPO / "bench" / "out" / "sampling_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    write_result("sampling_throughput", summary)
     return 0
 
 

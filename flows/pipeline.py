@@ -122,6 +122,8 @@ def round_flow(round_name: str, project_dir: str = ".", stale: list[str] | None 
         stale = stale_stages(root)
     stale_set, ran_set = set(stale), set(ran or [])
     shards = params.orchestration.generate_shards
+    if params.round_section(round_name, "generate").budget.strategy != "uniform":
+        shards = 1  # a budget is decided over all prompts at once: the stage draws every sample itself
     for name in plan.rounds[round_name]:
         if (name == f"generate_{round_name}" and shards > 1 and must_run(name, stale_set, ran_set, plan.upstream)
                 and stale_stages(root, name)):

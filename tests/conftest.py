@@ -20,3 +20,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA GPU (and, for the vLLM backend, `pip install -e '.[vllm]'`): on a machine without
+    one they are reported as skipped with that reason, never silently passed. Their CPU counterparts run here."""
+    import importlib.util
+
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    has_vllm = has_gpu and importlib.util.find_spec("vllm") is not None
+    for item in items:
+        if "gpu" not in item.keywords:
+            continue
+        if not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run on a GPU machine)"))
+        elif "vllm" in item.keywords and not has_vllm:
+            item.add_marker(pytest.mark.skip(reason="needs vLLM: pip install -e '.[vllm]'"))

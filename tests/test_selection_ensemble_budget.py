@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from alignloop.budget import allocate, reward_variance
+from alignloop.budget import allocate, reward_variance, next_wave
 from alignloop.ensemble import aggregate
 from alignloop.selection import length_penalised_pair, max_random_pair, raft_top_fraction, raft_top_k, ranked
 
@@ -129,3 +129,39 @@ def test_allocate_expected_range_greedy_hand_computed():
     assert sum(allocate_expected_range([0.0, 0.0, 5.0], 9, min_n=2, max_n=4)) == 9
     with pytest.raises(ValueError):
         allocate_expected_range([1.0], 5, min_n=2, max_n=11)
+
+
+# --- adaptive budget: next_wave ------------------------------------------------------------------------
+
+
+def test_next_wave_gives_step_to_every_open_prompt_when_budget_allows():
+    # margins 0.5 (open), 2.0 (done), 0.0 (open), one sample (open: no pair yet)
+    rewards = [[0.0, 0.5], [1.0, 3.0], [0.0, 0.0], [0.2]]
+    assert next_wave(rewards, 10, target_margin=1.0, max_n=4, step=2) == [2, 0, 2, 2]
+
+
+def test_next_wave_short_budget_goes_to_prompts_closest_to_a_pair():
+    rewards = [[0.0, 0.5], [1.0, 3.0], [0.0, 0.0], [0.2]]
+    # order: the one-sample prompt (3), then margin 0.5 (0), then margin 0.0 (2); 3 samples: 2 + 1 + 0
+    assert next_wave(rewards, 3, target_margin=1.0, max_n=4, step=2) == [1, 0, 0, 2]
+
+
+def test_next_wave_caps_at_max_n_and_stops_when_done_or_spent():
+    assert next_wave([[0.0, 0.1, 0.2]], 10, target_margin=1.0, max_n=4, step=3) == [1]
+    assert next_wave([[0.0, 0.1, 0.2, 0.3]], 10, target_margin=1.0, max_n=4) == [0]   # at max_n
+    assert next_wave([[0.0, 2.0], [0.0, 0.0]], 0, target_margin=1.0, max_n=8) == [0, 0]  # nothing left
+    assert next_wave([[0.0, 2.0], [5.0, 1.0]], 9, target_margin=1.0, max_n=8) == [0, 0]  # all usable
+    assert next_wave([], 5, target_margin=1.0, max_n=8) == []
+
+
+def test_next_wave_ties_go_to_the_earlier_prompt():
+    assert next_wave([[1.0, 1.0], [2.0, 2.0], [0.0, 0.0]], 2, target_margin=0.5, max_n=8) == [1, 1, 0]
+
+
+def test_next_wave_margin_exactly_at_target_is_done():
+    assert next_wave([[0.0, 1.0], [0.0, 0.999]], 5, target_margin=1.0, max_n=8) == [0, 1]
+
+
+def test_next_wave_rejects_bad_step():
+    with pytest.raises(ValueError):
+        next_wave([[0.0]], 5, target_margin=1.0, max_n=8, step=0)

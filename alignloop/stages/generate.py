@@ -23,7 +23,7 @@ from alignloop.stages._cli import stage_main
 
 PROMPTS = "data/curated/prompts/train.jsonl"
 SHARD_ROOT = Path(".alignloop/shards")
-_CODE = ["alignloop/inference.py", "alignloop/modeling.py", "alignloop/stages/generate.py"]
+_CODE = ["alignloop/backends.py", "alignloop/inference.py", "alignloop/modeling.py", "alignloop/stages/generate.py"]
 
 
 def _hash_paths(paths: list[Path], h) -> None:
@@ -59,8 +59,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def run(params, args) -> None:
-    from alignloop.inference import sample
-    from alignloop.modeling import load_causal_lm, load_tokenizer
+    from alignloop.backends import load_backend, resolve, spec_from
     from alignloop.lineage import start_policy
     from alignloop.tracking import stage_run
 
@@ -70,27 +69,32 @@ def run(params, args) -> None:
     prompts = io.read_jsonl(PROMPTS, io.validate_prompt, id_key="id")[: g.max_prompts]
     seed = params.seed * 1000 + list(params.rounds).index(r)
     max_prompt_tokens = params.model.max_length - g.max_new_tokens
+    backend_kind = resolve(g.backend)
     settings = {"generate": g.model_dump(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
-                "model": params.model.model_dump()}
+                "model": params.model.model_dump(), "backend": backend_kind}
     cache = SHARD_ROOT / r / fingerprint(policy, settings)
     num_batches = -(-len(prompts) // g.batch_size)
-    model = tokenizer = None
+    backend = None
+
+    def get_backend():
+        nonlocal backend
+        if backend is None:
+            backend = load_backend(backend_kind, policy, params.model, tensor_parallel_size=g.tensor_parallel_size,
+                                   gpu_memory_utilization=g.gpu_memory_utilization)
+        return backend
 
     def batches(start: int, end: int) -> list[dict]:
-        nonlocal model, tokenizer
-        if model is None:
-            tokenizer = load_tokenizer(policy, params.model)
-            model = load_causal_lm(policy, params.model)
-        # Seeds follow the global batch index (sample() seeds batch b with seed + b), so a shard matches the
-        # same batches of a single run.
-        return sample(
-            model, tokenizer, [(p["id"], p["prompt"]) for p in prompts[start * g.batch_size: end * g.batch_size]],
-            n=g.n, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-            batch_size=g.batch_size, seed=seed + start, max_prompt_tokens=max_prompt_tokens,
-            desc=f"generate {r} batches {start}-{end}",
-        )
+        # Seeds follow the global batch index (batch b samples with seed + b), so a shard matches the same batches
+        # of a single run.
+        return get_backend().sample([(p["id"], p["prompt"]) for p in prompts[start * g.batch_size: end * g.batch_size]],
+                                    spec_from(g, seed=seed + start, max_prompt_tokens=max_prompt_tokens),
+                                    desc=f"generate {r} batches {start}-{end}")
 
     if args.shard:
+        if g.budget.strategy != "uniform":
+            print(f"generate {r} shard {args.shard}: budget '{g.budget.strategy}' is decided over all prompts at "
+                  "once; the stage itself computes every sample")
+            return
         i, k = _parse_shard(args.shard)
         start, end = shard_batches(num_batches, i, k)
         path = cache / f"b{start:06d}-{end:06d}.jsonl"
@@ -100,6 +104,33 @@ def run(params, args) -> None:
         return
 
     t0 = time.perf_counter()
+    merged = 0
+    extra: dict = {}
+    if g.budget.strategy == "uniform":
+        rows, merged = _uniform(cache, num_batches, batches)
+    elif g.budget.strategy == "prev_variance":
+        rows, extra = _prev_variance(params, r, g, prompts, get_backend, seed, max_prompt_tokens)
+    else:
+        rows, extra = _adaptive(params, r, g, prompts, get_backend, seed, max_prompt_tokens)
+    seconds = time.perf_counter() - t0
+    out = f"data/rounds/{r}/samples.jsonl"
+    io.write_jsonl(out, rows)
+    shutil.rmtree(SHARD_ROOT / r, ignore_errors=True)  # merged or stale: either way no longer needed
+    tokens = sum(x["num_tokens"] for x in rows)
+    metrics = {"prompts": len(prompts), "samples": len(rows), "output_tokens": tokens,
+               "seconds": seconds, "merged_shards": merged,
+               "stop_fraction": sum(x["finish_reason"] == "stop" for x in rows) / len(rows), **extra}
+    if not merged:  # throughput means something only when this process generated everything
+        metrics["tokens_per_s"] = tokens / seconds
+    how = f"merged {merged} precomputed shard(s)" if merged else f"at {metrics['tokens_per_s']:.0f} tokens/s"
+    print(f"generate {r}: {len(rows)} samples from {policy} ({backend_kind}, budget {g.budget.strategy}), {how} -> {out}")
+    with stage_run(params.experiment, "generate", {"generate": g.model_dump(), "prev": params.rounds[r].prev,
+                                                    "backend": backend_kind}, r) as run:
+        run.log_metrics(metrics)
+
+
+def _uniform(cache: Path, num_batches: int, batches) -> tuple[list[dict], int]:
+    """n per prompt: merge the cached shards that match, compute the batches between them."""
     done: dict[int, tuple[int, Path]] = {}
     for f in sorted(cache.glob("b*-*.jsonl")) if cache.is_dir() else []:
         start, end = (int(x) for x in f.stem[1:].split("-"))
@@ -115,20 +146,91 @@ def run(params, args) -> None:
             end = min([s for s in done if s > b], default=num_batches)
             rows += batches(b, end)
         b = end
-    seconds = time.perf_counter() - t0
-    out = f"data/rounds/{r}/samples.jsonl"
-    io.write_jsonl(out, rows)
-    shutil.rmtree(SHARD_ROOT / r, ignore_errors=True)  # merged or stale: either way no longer needed
-    tokens = sum(x["num_tokens"] for x in rows)
-    metrics = {"prompts": len(prompts), "samples": len(rows), "output_tokens": tokens,
-               "seconds": seconds, "merged_shards": merged,
-               "stop_fraction": sum(x["finish_reason"] == "stop" for x in rows) / len(rows)}
-    if not merged:  # throughput means something only when this process generated everything
-        metrics["tokens_per_s"] = tokens / seconds
-    how = f"merged {merged} precomputed shard(s)" if merged else f"at {metrics['tokens_per_s']:.0f} tokens/s"
-    print(f"generate {r}: {len(rows)} samples from {policy}, {how} -> {out}")
-    with stage_run(params.experiment, "generate", {"generate": g.model_dump(), "prev": params.rounds[r].prev}, r) as run:
-        run.log_metrics(metrics)
+    return rows, merged
+
+
+# Budgeted draws sample groups of prompts in several calls: wave w, group of prompts getting n more, batch b uses
+# seed + w * WAVE_SEED_STRIDE + n * GROUP_SEED_STRIDE + b, so no two calls share a seed (n <= 10 and far fewer than
+# 10,000 batches per call).
+WAVE_SEED_STRIDE = 1_000_000
+GROUP_SEED_STRIDE = 10_000
+
+
+def _ordered(rows: list[dict], prompts: list[dict]) -> list[dict]:
+    order = {p["id"]: i for i, p in enumerate(prompts)}
+    return sorted(rows, key=lambda x: (order[x["prompt_id"]], x["sample_idx"]))
+
+
+def _draw(get_backend, g, prompts: list[dict], counts: list[int], want: list[int], seed: int,
+          max_prompt_tokens: int, desc: str) -> list[dict]:
+    """``want[i]`` more samples for prompt i (sample_idx continuing from ``counts[i]``), one call per distinct
+    amount so each call keeps the backend's n-per-prompt batching."""
+    from alignloop.backends import spec_from
+
+    rows = []
+    for n in sorted({w for w in want if w > 0}):
+        group = [i for i, w in enumerate(want) if w == n]
+        rows += get_backend().sample(
+            [(prompts[i]["id"], prompts[i]["prompt"]) for i in group],
+            spec_from(g, seed=seed + n * GROUP_SEED_STRIDE, max_prompt_tokens=max_prompt_tokens, n=n),
+            first_idx={prompts[i]["id"]: counts[i] for i in group}, desc=f"{desc} n={n}")
+    return rows
+
+
+def _prev_variance(params, r, g, prompts, get_backend, seed, max_prompt_tokens) -> tuple[list[dict], dict]:
+    """Samples per prompt from the spread of its rewards in the previous round (alignloop.budget: expected-range
+    greedy). The first round has no previous rewards and draws uniformly."""
+    from collections import defaultdict
+
+    from alignloop.budget import allocate_expected_range, reward_variance
+
+    b = g.budget
+    total = g.n * len(prompts)
+    prev = params.rounds[r].prev
+    by_prompt: dict = defaultdict(list)
+    if prev != "sft":
+        for row in io.read_jsonl(f"data/rounds/{prev}/scores.jsonl", io.validate_score):
+            by_prompt[row["prompt_id"]].append(row["reward"])
+    if by_prompt:
+        want = allocate_expected_range([reward_variance(by_prompt.get(p["id"], [])) ** 0.5 for p in prompts], total,
+                                       min_n=b.min_n, max_n=b.max_n)
+    else:
+        want = [g.n] * len(prompts)
+    rows = _draw(get_backend, g, prompts, [0] * len(prompts), want, seed, max_prompt_tokens, f"generate {r}")
+    return _ordered(rows, prompts), {"budget_total": total, "budget_max_per_prompt": max(want),
+                                     "budget_min_per_prompt": min(want)}
+
+
+def _adaptive(params, r, g, prompts, get_backend, seed, max_prompt_tokens) -> tuple[list[dict], dict]:
+    """min_n per prompt, then waves of `step` more to prompts without a usable pair yet (alignloop.budget.next_wave),
+    scored by the round's reward model(s) as the score stage will score them, until the budget is spent."""
+    from alignloop.budget import next_wave
+    from alignloop.inference import ensemble_rewards
+    from alignloop.lineage import reward_model_dirs
+
+    b, s = g.budget, params.round_section(r, "score")
+    total = g.n * len(prompts)
+    if total < b.min_n * len(prompts):
+        raise io.DataError(f"params.yaml: generate.n={g.n} is below budget.min_n={b.min_n} (fix: raise generate.n or "
+                           "lower generate.budget.min_n)")
+    rows: list[dict] = []
+    rewards: list[list[float]] = [[] for _ in prompts]
+    index = {p["id"]: i for i, p in enumerate(prompts)}
+    want, wave = [b.min_n] * len(prompts), 0
+    while any(want):
+        new = _draw(get_backend, g, prompts, [len(x) for x in rewards], want, seed + wave * WAVE_SEED_STRIDE,
+                    max_prompt_tokens, f"generate {r} wave {wave}")
+        scores, _ = ensemble_rewards(reward_model_dirs(params), params.model, [x["prompt"] for x in new],
+                                     [x["response"] for x in new], batch_size=s.batch_size, aggregate=s.aggregate,
+                                     std_penalty=s.std_penalty, desc=f"budget scores wave {wave}")
+        for x, sc in zip(new, scores):  # a prompt's new rows come in sample_idx order
+            rewards[index[x["prompt_id"]]].append(sc)
+        rows += new
+        wave += 1
+        want = next_wave(rewards, total - len(rows), target_margin=b.target_margin, max_n=b.max_n, step=b.step)
+    usable = sum(len(x) >= 2 and max(x) - min(x) >= b.target_margin for x in rewards)
+    return _ordered(rows, prompts), {"budget_total": total, "budget_waves": wave,
+                                     "budget_usable_share": usable / len(prompts)}
 
 
 def main(argv=None) -> int:

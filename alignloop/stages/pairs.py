@@ -1,4 +1,8 @@
-"""Stage `pairs`: best-vs-worst preference pairs from a round's scored samples."""
+"""Stage `pairs`: best-vs-worst preference pairs from a round's scored samples.
+
+With ``pairs.listwise`` it also writes ``rankings.jsonl``: per prompt, every usable response ranked best first
+(equal rewards share a rank), the input of listwise losses.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import sys
 
 from alignloop import io
 from alignloop.pairs import group_by_prompt, select_pairs
-from alignloop.selection import length_penalised_pair, max_random_pair
+from alignloop.selection import length_penalised_pair, max_random_pair, ranked
 from alignloop.stages._cli import stage_main
 from alignloop.tracking import stage_run
 
@@ -40,6 +44,15 @@ def run(params, args) -> None:
         )
     out = f"data/rounds/{r}/pairs.jsonl"
     io.write_jsonl(out, pairs)
+    if p.listwise:
+        rankings = []
+        for pid, cands in groups.items():  # samples-file order
+            ranks = ranked(cands)
+            if ranks:  # a prompt whose responses are all empty has nothing to rank
+                rankings.append({"prompt_id": pid, "prompt": cands[0][0]["prompt"], "round": r, "responses": [
+                    {"response": x["sample"]["response"], "sample_idx": x["sample"]["sample_idx"],
+                     "reward": x["reward"], "rank": x["rank"]} for x in ranks]})
+        io.write_jsonl(f"data/rounds/{r}/rankings.jsonl", rankings)
     margins = [x["chosen_score"] - x["rejected_score"] for x in pairs]
     metrics = {"prompts": len(groups), "pairs": len(pairs), "yield": len(pairs) / len(groups),
                "margin_mean": sum(margins) / len(margins)}

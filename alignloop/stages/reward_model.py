@@ -31,9 +31,10 @@ def to_conversational(rows: list[dict]) -> list[dict]:
     } for r in rows]
 
 
-def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> dict[str, float]:
+def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> tuple[dict[str, float], tuple[list, list]]:
+    """Held-out pair accuracy (and vs gold on the embedded task); also the chosen/rejected scores."""
     if not rows:
-        return {}
+        return {}, ([], [])
     prompts = [r["prompt"] for r in rows]
     kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
     chosen = reward_scores(rm, tokenizer, prompts, [r["chosen"] for r in rows], desc="eval chosen", **kw)
@@ -46,40 +47,65 @@ def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> dict[str, float
         gold_r = [gold_reward(p, r["rejected"]) for p, r in zip(prompts, rows)]
         agree = [(c > r) == (gc > gr) for c, r, gc, gr in zip(chosen, rejected, gold_c, gold_r) if gc != gr]
         out["eval_gold_accuracy"] = sum(agree) / len(agree) if agree else 0.0
-    return out
+    return out, (chosen, rejected)
+
+
+def train_member(params, seed: int, train_rows: list[dict], init: str):
+    """One Bradley-Terry reward model, trained under ``seed`` (head init and data order)."""
+    import torch
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    tokenizer = load_tokenizer(init, params.model)
+    # The score head is freshly initialised inside from_pretrained, before the trainer seeds anything:
+    # seed here or two runs of the same stage train different reward models.
+    torch.manual_seed(seed)
+    model = load_reward_model(init, params.model)  # fresh 1-output score head on the backbone
+    model.config.pad_token_id = tokenizer.pad_token_id
+    c = params.reward_model
+    config = RewardConfig(**{**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size),
+                             "seed": seed, "data_seed": seed})
+    trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(to_conversational(train_rows)),
+                            processing_class=tokenizer)
+    result = trainer.train()
+    return trainer, tokenizer, result
 
 
 def run(params, args) -> None:
-    from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
+    from alignloop.ensemble import aggregate
+    from alignloop.lineage import reward_model_dirs
 
     init = "data/models/sft" if params.reward_model.init == "sft" else "data/models/base"
     train_rows = io.read_jsonl(TRAIN, io.validate_pair, id_key="id")
     eval_rows = io.read_jsonl(EVAL, io.validate_pair, id_key="id", allow_empty=True)
-    tokenizer = load_tokenizer(init, params.model)
-    # The score head is freshly initialised inside from_pretrained, before the trainer seeds anything:
-    # seed here or two runs of the same stage train different reward models.
-    import torch
-
-    torch.manual_seed(params.seed)
-    model = load_reward_model(init, params.model)  # fresh 1-output score head on the backbone
-    model.config.pad_token_id = tokenizer.pad_token_id
-    c = params.reward_model
-    config = RewardConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size))
-    trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(to_conversational(train_rows)),
-                            processing_class=tokenizer)
-    result = trainer.train()
-    metrics = {"train_pairs": len(train_rows), "train_runtime_s": result.metrics["train_runtime"],
-               **loss_summary(trainer.state.log_history), **heldout_accuracy(trainer.model, tokenizer, eval_rows, params)}
-    with io.atomic_dir(OUT) as tmp:
-        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
-        tokenizer.save_pretrained(tmp)
+    outs = reward_model_dirs(params)
+    metrics: dict = {"train_pairs": len(train_rows), "ensemble": len(outs)}
+    member_eval: list[tuple[list[float], list[float]]] = []
+    for k, out in enumerate(outs):
+        # Members differ only by seed (head init, data order): the ensemble of "Reward Model Ensembles Help
+        # Mitigate Overoptimization". Member 0 is exactly the single reward model of ensemble: 1.
+        trainer, tokenizer, result = train_member(params, params.seed + k, train_rows, init)
+        acc, scores = heldout_accuracy(trainer.model, tokenizer, eval_rows, params)
+        member_eval.append(scores)
+        m = {"train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history), **acc}
+        metrics.update(m if k == 0 else {f"member{k}_{key}": v for key, v in m.items()})
+        with io.atomic_dir(out) as tmp:
+            trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
+            tokenizer.save_pretrained(tmp)
+        with stage_run(params.experiment, "reward_model" if k == 0 else f"reward_model_member{k}",
+                       params.model_dump(include={"reward_model", "model", "seed"})) as run_:
+            log_curves(run_, trainer.state.log_history, ("loss", "accuracy", "margin"))
+            run_.log_metrics(m)
+    if len(outs) > 1 and eval_rows:  # the members' mean (score.aggregate is the score stage's business, not ours)
+        chosen = aggregate([c for c, _ in member_eval], "mean")
+        rejected = aggregate([r for _, r in member_eval], "mean")
+        metrics["ensemble_eval_accuracy"] = pair_accuracy(chosen, rejected)
     io.write_json(f"{OUT}.metrics.json", metrics)
-    print(f"reward_model: {len(train_rows)} pairs, held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}"
-          + (f", vs gold {metrics['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in metrics else "") + f"; saved {OUT}/")
-    with stage_run(params.experiment, "reward_model", params.model_dump(include={"reward_model", "model", "seed"})) as run:
-        log_curves(run, trainer.state.log_history, ("loss", "accuracy", "margin"))
-        run.log_metrics(metrics)
+    print(f"reward_model: {len(outs)} model(s) on {len(train_rows)} pairs, held-out accuracy "
+          f"{metrics.get('eval_accuracy', float('nan')):.3f}"
+          + (f", vs gold {metrics['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in metrics else "")
+          + (f", ensemble {metrics['ensemble_eval_accuracy']:.3f}" if "ensemble_eval_accuracy" in metrics else "")
+          + f"; saved {', '.join(outs)}")
 
 
 def main(argv=None) -> int:

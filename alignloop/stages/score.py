@@ -1,31 +1,40 @@
-"""Stage `score`: reward-model scores of a round's samples."""
+"""Stage `score`: reward-model scores of a round's samples.
+
+With a reward-model ensemble (reward_model.ensemble = k > 1) every member scores every sample; ``reward`` is their
+combination by score.aggregate and ``member_rewards`` keeps the k raw scores (for disagreement analysis).
+"""
 
 from __future__ import annotations
 
 import sys
 
 from alignloop import io
-from alignloop.inference import reward_scores
+from alignloop.ensemble import aggregate
+from alignloop.inference import ensemble_rewards
+from alignloop.lineage import reward_model_dirs
 from alignloop.metrics import mean
-from alignloop.modeling import load_reward_model, load_tokenizer
 from alignloop.stages._cli import stage_main
 from alignloop.tracking import stage_run
-
-RM = "data/models/rm"
 
 
 def run(params, args) -> None:
     r = args.round
     s = params.round_section(r, "score")
     samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample)
-    tokenizer = load_tokenizer(RM, params.model)
-    rm = load_reward_model(RM, params.model)
-    rewards = reward_scores(rm, tokenizer, [x["prompt"] for x in samples], [x["response"] for x in samples],
-                            batch_size=s.batch_size, max_length=params.model.max_length, desc=f"score {r}")
+    paths = reward_model_dirs(params)
+    rewards, members = ensemble_rewards(paths, params.model, [x["prompt"] for x in samples],
+                                        [x["response"] for x in samples], batch_size=s.batch_size,
+                                        aggregate=s.aggregate, std_penalty=s.std_penalty, desc=f"score {r}")
     rows = [{"prompt_id": x["prompt_id"], "sample_idx": x["sample_idx"], "reward": rw} for x, rw in zip(samples, rewards)]
+    if len(paths) > 1:
+        for i, row in enumerate(rows):
+            row["member_rewards"] = [m[i] for m in members]
     out = f"data/rounds/{r}/scores.jsonl"
     io.write_jsonl(out, rows)
     metrics = {"samples": len(rows), "reward_mean": mean(rewards), "reward_max": max(rewards), "reward_min": min(rewards)}
+    if len(paths) > 1:  # how much the members disagree: mean over samples of their std (= mean - (mean - 1 * std))
+        stds = [a - b for a, b in zip(aggregate(members, "mean"), aggregate(members, "mean_minus_std", 1.0))]
+        metrics["member_std_mean"] = mean(stds)
     print(f"score {r}: {len(rows)} samples, mean reward {metrics['reward_mean']:.3f} -> {out}")
     with stage_run(params.experiment, "score", {"score": s.model_dump()}, r) as run:
         run.log_metrics(metrics)
