@@ -20,6 +20,8 @@ STAGE_SECTIONS = {
     "score": ["model", "score"],
     "pairs": ["pairs"],
     "dpo": ["seed", "model", "dpo"],
+    "ppo": ["seed", "model", "ppo", "score", "reward_model"],
+    "raft": ["seed", "model", "raft"],
     "evaluate": ["model", "evaluate"],
     "register": ["experiment", "registry"],
 }

@@ -191,6 +191,58 @@ class DPOConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the round's pairs.")
     batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
     ref: Literal["sft", "prev"] = Field("sft", description="Reference model: fixed at SFT, or the previous round's policy.")
+    pairs: Literal["sampled", "curated"] = Field(
+        "sampled", description="sampled: the round's rejection-sampled pairs (iterative DPO). curated: the curated "
+        "training preferences (offline DPO; the round then has no sampling stages).")
+    max_pairs: int | None = Field(None, gt=0, description="Train on at most this many pairs (a seeded subset), e.g. "
+                                  "to compare offline and iterative DPO at an equal pair budget.")
+
+
+class PPOConfig(_Section):
+    """PPO rounds (alignloop/ppo.py): rollouts from the current policy, reward model minus KL to the reference."""
+
+    iterations: int = Field(40, ge=1, description="Rollout-then-optimise iterations.")
+    rollout_prompts: int = Field(64, ge=1, description="Prompts per iteration (one response each).")
+    max_prompts: int | None = Field(None, gt=0, description="Draw rollout prompts from the first N training prompts.")
+    max_new_tokens: int = Field(32, gt=0, description="Max response tokens per rollout.")
+    temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature (log-probs use the same).")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
+    minibatch_size: int = Field(16, ge=1, description="Responses per gradient step.")
+    lr: float = Field(1e-4, gt=0, description="Policy learning rate (AdamW).")
+    value_lr: float = Field(5e-4, gt=0, description="Value model learning rate (AdamW).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip, each model.")
+    clip_range: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip epsilon.")
+    value_clip: float | None = Field(0.2, gt=0, description="Value clip around the rollout's values (None: off).")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount over response tokens.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    kl_coef: float = Field(0.05, ge=0, description="Initial weight of the per-token KL penalty to the reference.")
+    kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Keep kl_coef, or adapt it towards kl_target.")
+    kl_target: float = Field(6.0, gt=0, description="adaptive: target KL to the reference per response.")
+    kl_horizon: int = Field(10000, gt=0, description="adaptive: responses over which kl_coef adapts.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward penalty.")
+    kl_limit: float = Field(20.0, gt=0, description="Stop (keeping the last policy under it) when the rollouts' KL to "
+                            "the reference exceeds this.")
+    target_kl: float | None = Field(None, gt=0, description="Stop an iteration's epochs once the policy moved this far "
+                                    "(approx. KL old -> new); None: always run ppo_epochs.")
+    normalise_reward: bool = Field(True, description="Scale scores by running mean/std before the KL penalty.")
+    reward_clip: float | None = Field(5.0, gt=0, description="Clip normalised scores to +-this (None: off).")
+    whiten_advantages: bool = Field(True, description="Zero-mean, unit-variance advantages per batch.")
+    value_init: Literal["reward_model", "policy"] = Field("reward_model", description="Value model backbone and head "
+                                                           "start: the reward model (head included) or the policy.")
+    ref: Literal["sft", "prev"] = Field("sft", description="KL reference: the SFT policy or the round's start policy.")
+    checkpoint_every: int = Field(5, ge=0, description="Iterations between resumable checkpoints (0: none).")
+
+
+class RaftConfig(_Section):
+    """RAFT rounds: SFT (TRL SFTTrainer) on the best of the round's rejection samples."""
+
+    select: Literal["top_k", "top_fraction"] = Field("top_k", description="top_k per prompt, or top fraction overall.")
+    k: int = Field(1, ge=1, description="top_k: responses kept per prompt.")
+    fraction: float = Field(0.25, gt=0, le=1, description="top_fraction: share of all responses kept.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the selected responses.")
+    batch_size: int = Field(16, gt=0, description="Examples per optimizer step.")
 
 
 class EvaluateConfig(_Section):
@@ -200,12 +252,16 @@ class EvaluateConfig(_Section):
     samples_per_prompt: int = Field(4, ge=1, description="Samples per held-out prompt.")
     batch_size: int = Field(64, gt=0, description="Prompts per generate() call.")
     seed: int = Field(1234, description="Evaluation sampling seed (fixed so rounds are compared on equal terms).")
+    bootstrap_resamples: int = Field(1000, ge=100, description="Bootstrap resamples (over prompts) for the 95 % "
+                                     "confidence intervals.")
 
 
 EVAL_METRICS = ("proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
                 "length_tokens", "distinct_2")
-EvalMetric = Literal["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
-                     "length_tokens", "distinct_2"]
+EvalMetric = Literal["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold",
+                     "win_rate_vs_champion_proxy", "win_rate_vs_champion_gold", "kl_to_sft", "length_tokens",
+                     "distinct_1", "distinct_2", "self_bleu", "ranking_accuracy", "ranking_accuracy_vs_sft",
+                     "proxy_gold_gap"]
 
 
 class GateConfig(_Section):
@@ -244,7 +300,8 @@ class OrchestrationConfig(_Section):
 
 
 class RoundConfig(_Section):
-    algo: Literal["dpo"] = Field("dpo", description="Round algorithm (dpo; ppo and raft come later).")
+    algo: Literal["dpo", "ppo", "raft"] = Field("dpo", description="dpo: pairs from rejection sampling, TRL DPO. ppo: "
+                                                "on-policy PPO against the reward model. raft: SFT on the best samples.")
     prev: str = Field(description="The round before this one: 'sft' or an earlier round's name.")
     start: Literal["prev", "champion"] = Field(
         "prev", description="Start from prev's policy, or from the champion after prev's registration (a round the "
@@ -253,10 +310,13 @@ class RoundConfig(_Section):
     score: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level score section.")
     pairs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level pairs section.")
     dpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level dpo section.")
+    ppo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level ppo section.")
+    raft: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level raft section.")
 
 
 _ROUND_SECTIONS: dict[str, type[_Section]] = {
-    "generate": GenerateConfig, "score": ScoreConfig, "pairs": PairsConfig, "dpo": DPOConfig,
+    "generate": GenerateConfig, "score": ScoreConfig, "pairs": PairsConfig, "dpo": DPOConfig, "ppo": PPOConfig,
+    "raft": RaftConfig,
 }
 
 
@@ -306,6 +366,8 @@ class Params(_Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig, description="Default reward scoring settings.")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="Default pair selection.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Default DPO settings (TRL DPOTrainer).")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="Default PPO settings (alignloop/ppo.py).")
+    raft: RaftConfig = Field(default_factory=RaftConfig, description="Default RAFT settings (TRL SFTTrainer).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
     rounds: dict[str, RoundConfig] = Field(default_factory=dict, description="Ordered rounds, each naming its 'prev'.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow model registry and promotion.")

@@ -114,14 +114,15 @@ def _sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def reward_scores(rm, tokenizer, prompts: list, responses: list[str], *, batch_size: int, max_length: int, desc: str = "score") -> list[float]:
+def reward_scores(rm, tokenizer, prompts: list, responses: list[str], *, batch_size: int, max_length: int, desc: str = "score",
+                  progress: bool = True) -> list[float]:
     """Scalar reward of each (prompt, response), scored as the chat template renders a finished turn."""
     rm.eval()
     texts = [render_full(tokenizer, p, r) for p, r in zip(prompts, responses)]
     encoded = [tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     scores = [0.0] * len(texts)
     batches = _sorted_batches([len(e) for e in encoded], batch_size)
-    for idx in tqdm(batches, desc=desc, unit="batch", mininterval=2.0):
+    for idx in tqdm(batches, desc=desc, unit="batch", mininterval=2.0, disable=not progress):
         # Right padding: the classification head pools the last non-pad token either way.
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)

@@ -21,3 +21,16 @@ def start_policy(params, round_name: str) -> str:
 def reward_model_dirs(params) -> list[str]:
     """The reward model's directories: member 0 at data/models/rm, further ensemble members at rm-1, rm-2, ..."""
     return ["data/models/rm"] + [f"data/models/rm-{i}" for i in range(1, params.reward_model.ensemble)]
+
+
+def champion_before(params, name: str) -> str:
+    """The policy a round is compared with as "the current champion": the champion after its prev's registration
+    (registry on), else its prev. SFT's champion is SFT."""
+    from alignloop.io import read_json
+
+    if name == "sft":
+        return "sft"
+    prev = params.rounds[name].prev
+    if prev == "sft" or not params.registry.enabled:
+        return prev
+    return read_json(registry_path(prev))["champion_after"]["round"]

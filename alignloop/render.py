@@ -25,7 +25,7 @@ COMMON = ["alignloop/config.py", "alignloop/io.py", "alignloop/stages/_cli.py"]
 MODEL = COMMON + ["alignloop/modeling.py"]
 TRAIN = MODEL + ["alignloop/stages/_train.py"]
 INFER = MODEL + ["alignloop/inference.py"]
-GPU_STAGES = {"sft", "reward_model", "evaluate", "generate", "score", "dpo"}  # modules that run a model
+GPU_STAGES = {"sft", "reward_model", "evaluate", "generate", "score", "dpo", "ppo", "raft"}  # modules that run a model
 
 
 def _round_keys(raw_rounds: dict, name: str, sections: list[str]) -> list[str]:
@@ -64,6 +64,36 @@ def _eval_outs(name: str) -> tuple[str, str]:
     if name == "sft":
         return "data/eval/sft.json", "data/eval/sft_samples.jsonl"
     return f"data/rounds/{name}/eval.json", f"data/rounds/{name}/eval_samples.jsonl"
+
+
+def _sampling_stages(params: Params, raw_rounds: dict, name: str, rnd, start_deps: list[str], start_keys: list[str],
+                     rm_dirs: list[str]) -> dict:
+    """generate_<r> and score_<r>: the rejection sampling that dpo and raft rounds start with."""
+    d = f"data/rounds/{name}"
+    budget = params.round_section(name, "generate").budget.strategy
+    budget_deps, budget_keys = ["alignloop/budget.py", "alignloop/backends.py"], []
+    if budget == "adaptive":  # scores its samples as it draws them: the reward model(s) are inputs
+        budget_deps += ["alignloop/ensemble.py", *rm_dirs]
+        budget_keys = ["score", "reward_model.ensemble"] + _round_keys(raw_rounds, name, ["score"])
+    elif budget == "prev_variance" and rnd.prev != "sft" and params.rounds[rnd.prev].algo != "ppo":
+        budget_deps.append(f"data/rounds/{rnd.prev}/scores.jsonl")
+    return {
+        f"generate_{name}": {
+            "cmd": PY + f"generate --round {name}",
+            "deps": INFER + ["alignloop/stages/generate.py", "alignloop/lineage.py", *budget_deps, *start_deps,
+                             "data/curated/prompts/train.jsonl"],
+            "params": ["seed", "model", "generate"] + _round_keys(raw_rounds, name, ["generate"]) + budget_keys
+            + start_keys,
+            "outs": [f"{d}/samples.jsonl"],
+        },
+        f"score_{name}": {
+            "cmd": PY + f"score --round {name}",
+            "deps": INFER + ["alignloop/ensemble.py", "alignloop/lineage.py", "alignloop/metrics.py",
+                             "alignloop/stages/score.py", *rm_dirs, f"{d}/samples.jsonl"],
+            "params": ["model", "score", "reward_model.ensemble"] + _round_keys(raw_rounds, name, ["score"]),
+            "outs": [f"{d}/scores.jsonl"],
+        },
+    }
 
 
 def render(params: Params, raw: dict) -> dict:
@@ -119,9 +149,10 @@ def render(params: Params, raw: dict) -> dict:
         "outs": rm_dirs,
         "metrics": [{"data/models/rm.metrics.json": {"cache": False}}],
     }
-    eval_deps = INFER + ["alignloop/metrics.py", "alignloop/stages/evaluate.py", "data/curated/prompts/eval.jsonl",
-                         "data/models/rm"] + (["alignloop/task.py"] if embedded_data else [])
-    eval_params = ["model", "evaluate", "score.batch_size", "data.source"]
+    eval_deps = INFER + ["alignloop/ensemble.py", "alignloop/lineage.py", "alignloop/metrics.py",
+                         "alignloop/stages/evaluate.py", "data/curated/prompts/eval.jsonl", "data/curated/prefs/eval.jsonl",
+                         *rm_dirs, "data/models/rm.metrics.json"] + (["alignloop/task.py"] if embedded_data else [])
+    eval_params = ["model", "evaluate", "score", "reward_model.ensemble", "data.source"]
     sft_json, sft_samples = _eval_outs("sft")
     stages["evaluate_sft"] = {
         "cmd": PY + "evaluate --round sft",
@@ -142,51 +173,66 @@ def render(params: Params, raw: dict) -> dict:
         else:
             start_deps = [prev_policy]
         start_keys = [f"rounds.{name}.start"] if "start" in (raw_rounds.get(name) or {}) else []
-        budget = params.round_section(name, "generate").budget.strategy
-        budget_deps, budget_keys = ["alignloop/budget.py", "alignloop/backends.py"], []
-        if budget == "adaptive":  # scores its samples as it draws them: the reward model(s) are inputs
-            budget_deps += ["alignloop/ensemble.py", *rm_dirs]
-            budget_keys = ["score", "reward_model.ensemble"] + _round_keys(raw_rounds, name, ["score"])
-        elif budget == "prev_variance" and rnd.prev != "sft":
-            budget_deps.append(f"data/rounds/{rnd.prev}/scores.jsonl")
-        stages[f"generate_{name}"] = {
-            "cmd": PY + f"generate --round {name}",
-            "deps": INFER + ["alignloop/stages/generate.py", "alignloop/lineage.py", *budget_deps, *start_deps,
-                             "data/curated/prompts/train.jsonl"],
-            "params": ["seed", "model", "generate"] + _round_keys(raw_rounds, name, ["generate"]) + budget_keys
-            + start_keys,
-            "outs": [f"{d}/samples.jsonl"],
-        }
-        stages[f"score_{name}"] = {
-            "cmd": PY + f"score --round {name}",
-            "deps": INFER + ["alignloop/ensemble.py", "alignloop/lineage.py", "alignloop/metrics.py",
-                             "alignloop/stages/score.py", *rm_dirs, f"{d}/samples.jsonl"],
-            "params": ["model", "score", "reward_model.ensemble"] + _round_keys(raw_rounds, name, ["score"]),
-            "outs": [f"{d}/scores.jsonl"],
-        }
-        stages[f"pairs_{name}"] = {
-            "cmd": PY + f"pairs --round {name}",
-            "deps": COMMON + ["alignloop/pairs.py", "alignloop/selection.py", "alignloop/stages/pairs.py", f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
-            "params": ["pairs"] + _round_keys(raw_rounds, name, ["pairs"]),
-            "outs": [f"{d}/pairs.jsonl"] + ([f"{d}/rankings.jsonl"] if params.round_section(name, "pairs").listwise else []),
-            "metrics": [{f"{d}/pairs_metrics.json": {"cache": False}}],
-        }
-        dpo_cfg = params.round_section(name, "dpo")
-        ref_deps = [params.policy_dir("sft")] if dpo_cfg.ref == "sft" else []
-        stages[f"dpo_{name}"] = {
-            "cmd": PY + f"dpo --round {name}",
-            "deps": TRAIN + ["alignloop/stages/dpo.py", "alignloop/stages/reward_model.py", "alignloop/lineage.py",
-                             *start_deps, *[r for r in ref_deps if r not in start_deps], f"{d}/pairs.jsonl"],
-            "params": ["seed", "model", "dpo", f"rounds.{name}.algo"] + _round_keys(raw_rounds, name, ["dpo"])
-            + start_keys,
-            "outs": [f"{d}/policy"],
-            "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
-        }
+        algo_key = [f"rounds.{name}.algo"]
+        offline = rnd.algo == "dpo" and params.round_section(name, "dpo").pairs == "curated"
+        if rnd.algo in ("dpo", "raft") and not offline:  # rejection sampling first
+            stages.update(_sampling_stages(params, raw_rounds, name, rnd, start_deps, start_keys, rm_dirs))
+        if rnd.algo == "dpo":
+            if not offline:
+                stages[f"pairs_{name}"] = {
+                    "cmd": PY + f"pairs --round {name}",
+                    "deps": COMMON + ["alignloop/pairs.py", "alignloop/selection.py", "alignloop/stages/pairs.py",
+                                      f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
+                    "params": ["pairs"] + _round_keys(raw_rounds, name, ["pairs"]),
+                    "outs": [f"{d}/pairs.jsonl"]
+                    + ([f"{d}/rankings.jsonl"] if params.round_section(name, "pairs").listwise else []),
+                    "metrics": [{f"{d}/pairs_metrics.json": {"cache": False}}],
+                }
+            dpo_cfg = params.round_section(name, "dpo")
+            ref_deps = [params.policy_dir("sft")] if dpo_cfg.ref == "sft" else []
+            stages[f"dpo_{name}"] = {
+                "cmd": PY + f"dpo --round {name}",
+                "deps": TRAIN + ["alignloop/stages/dpo.py", "alignloop/stages/reward_model.py", "alignloop/lineage.py",
+                                 *start_deps, *[r for r in ref_deps if r not in start_deps],
+                                 "data/curated/prefs/train.jsonl" if offline else f"{d}/pairs.jsonl"],
+                "params": ["seed", "model", "dpo"] + algo_key + _round_keys(raw_rounds, name, ["dpo"]) + start_keys,
+                "outs": [f"{d}/policy"],
+                "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
+            }
+        elif rnd.algo == "raft":
+            stages[f"raft_{name}"] = {
+                "cmd": PY + f"raft --round {name}",
+                "deps": TRAIN + ["alignloop/pairs.py", "alignloop/selection.py", "alignloop/stages/raft.py",
+                                 "alignloop/lineage.py", *start_deps, f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
+                "params": ["seed", "model", "raft"] + algo_key + _round_keys(raw_rounds, name, ["raft"]) + start_keys,
+                "outs": [f"{d}/raft.jsonl", f"{d}/policy"],
+                "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
+            }
+        else:  # ppo: on-policy rollouts inside the stage, no sampling stages
+            ppo_cfg = params.round_section(name, "ppo")
+            ref_deps = [params.policy_dir("sft")] if ppo_cfg.ref == "sft" else []
+            stages[f"ppo_{name}"] = {
+                "cmd": PY + f"ppo --round {name}",
+                "deps": INFER + ["alignloop/ensemble.py", "alignloop/lineage.py", "alignloop/ppo.py", "alignloop/rl.py",
+                                 "alignloop/stages/ppo.py", *start_deps, *[r for r in ref_deps if r not in start_deps],
+                                 *rm_dirs, "data/curated/prompts/train.jsonl"],
+                "params": ["seed", "model", "ppo", "score", "reward_model.ensemble"] + algo_key
+                + _round_keys(raw_rounds, name, ["ppo", "score"]) + start_keys,
+                "outs": [f"{d}/policy"],
+                "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
+            }
         r_json, r_samples = _eval_outs(name)
+        # The current champion's samples: prev's (or, with the registry, any earlier policy prev's registration
+        # left as champion — the set is static, so DVC can track it).
+        if rnd.prev != "sft" and params.registry.enabled:
+            earlier = ["sft", *list(params.rounds)[: list(params.rounds).index(rnd.prev) + 1]]
+            champ_deps = [f"data/rounds/{rnd.prev}/registry.json", *(_eval_outs(n)[1] for n in earlier)]
+        else:
+            champ_deps = [_eval_outs(rnd.prev)[1]]
         stages[f"evaluate_{name}"] = {
             "cmd": PY + f"evaluate --round {name}",
-            "deps": eval_deps + [f"{d}/policy", "data/models/sft", sft_samples],
-            "params": eval_params,
+            "deps": list(dict.fromkeys(eval_deps + [f"{d}/policy", "data/models/sft", sft_json, sft_samples, *champ_deps])),
+            "params": eval_params + [f"rounds.{name}.prev", "registry.enabled"],
             "outs": [r_samples],
             "metrics": [{r_json: {"cache": False}}],
         }
@@ -202,20 +248,27 @@ def render(params: Params, raw: dict) -> dict:
     stages["report"] = {
         "cmd": PY + "report",
         "deps": COMMON + ["alignloop/stages/report.py", sft_json] + [_eval_outs(n)[0] for n in params.rounds],
-        "plots": [{"data/report/rounds.json": {"cache": False}}],
+        "plots": [{"data/report/rounds.json": {"cache": False}}, {"data/report/rounds.png": {"cache": False}}],
         "metrics": [{"data/report/summary.json": {"cache": False}}],
     }
     plots = [
         {"reward": {"x": "step", "y": {"data/report/rounds.json": ["proxy_reward", "gold_reward"]} if embedded_data
                     else {"data/report/rounds.json": ["proxy_reward"]}, "title": "Reward by round", "x_label": "round"}},
-        {"win_rate": {"x": "step", "y": {"data/report/rounds.json": ["win_rate_vs_sft_proxy"]
-                                          + (["win_rate_vs_sft_gold"] if embedded_data else [])},
+        {"win_rate": {"x": "step", "y": {"data/report/rounds.json": ["win_rate_vs_sft_proxy", "win_rate_vs_champion_proxy"]
+                                          + (["win_rate_vs_sft_gold", "win_rate_vs_champion_gold"] if embedded_data
+                                             else [])},
                       "title": "Win-rate vs SFT", "x_label": "round"}},
         {"kl": {"x": "step", "y": {"data/report/rounds.json": ["kl_to_sft"]}, "title": "KL to SFT", "x_label": "round"}},
+        *([{"overoptimisation": {"x": "step", "y": {"data/report/rounds.json": ["proxy_gold_gap"]},
+                                 "title": "Proxy gain minus gold gain over SFT", "x_label": "round"}}]
+          if embedded_data else []),
         {"length": {"x": "step", "y": {"data/report/rounds.json": ["length_tokens"]}, "title": "Response length",
                     "x_label": "round"}},
-        {"diversity": {"x": "step", "y": {"data/report/rounds.json": ["distinct_2"]}, "title": "Distinct-2",
-                       "x_label": "round"}},
+        {"diversity": {"x": "step", "y": {"data/report/rounds.json": ["distinct_2", "self_bleu"]},
+                       "title": "Diversity (distinct-2 up, self-BLEU down = more diverse)", "x_label": "round"}},
+        {"ranking": {"x": "step", "y": {"data/report/rounds.json": ["ranking_accuracy", "ranking_accuracy_vs_sft"]},
+                     "title": "Ranking accuracy on held-out preference pairs", "x_label": "round"}},
+        "data/report/rounds.png",
     ]
     for name, stage in stages.items():
         # DVC ignores `meta`; the Prefect flows read it to give these stages a GPU slot.

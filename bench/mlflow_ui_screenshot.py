@@ -10,7 +10,6 @@ selenium (`pip install selenium`); the CI tests check the same through MLflow's 
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys

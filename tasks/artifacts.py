@@ -15,9 +15,14 @@ ROWS = [  # (eval.json key, label, format)
     ("proxy_reward", "proxy reward (RM)", "{:.3f}"),
     ("win_rate_vs_sft_gold", "win-rate vs SFT (gold)", "{:.3f}"),
     ("win_rate_vs_sft_proxy", "win-rate vs SFT (RM)", "{:.3f}"),
+    ("win_rate_vs_champion_gold", "win-rate vs champion (gold)", "{:.3f}"),
+    ("win_rate_vs_champion_proxy", "win-rate vs champion (RM)", "{:.3f}"),
     ("kl_to_sft", "KL to SFT", "{:.3f}"),
     ("length_tokens", "response length (tokens)", "{:.1f}"),
     ("distinct_2", "distinct-2", "{:.3f}"),
+    ("self_bleu", "self-BLEU (lower: more diverse)", "{:.3f}"),
+    ("ranking_accuracy", "ranking accuracy, held-out prefs", "{:.3f}"),
+    ("proxy_gold_gap", "proxy gain − gold gain", "{:.3f}"),
 ]
 
 
@@ -34,12 +39,18 @@ def round_markdown(name: str, ev: dict, sft: dict | None, train: dict | None, pa
     for key, label, fmt in ROWS:
         if key in ev:
             base = fmt.format(sft[key]) if sft and key in sft else ""
-            lines.append(f"| {label} | {base} | {fmt.format(ev[key])} |")
+            ci = ev.get(key + "_ci")
+            interval = f" [{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]" if ci else ""
+            lines.append(f"| {label} | {base} | {fmt.format(ev[key])}{interval} |")
     if pairs:
         lines += ["", f"Pairs: {pairs.get('pairs', 0)} from {pairs.get('prompts', 0)} prompts "
                   f"(yield {pairs.get('yield', 0):.2f}, mean margin {pairs.get('margin_mean', 0):.3f})."]
     if train and "loss_first" in train:
         lines.append(f"Training loss {train['loss_first']:.4f} → {train['loss_last']:.4f}.")
+    if train and "score_first" in train:  # ppo
+        lines.append(f"PPO: {train['iterations']} iterations, rollout reward {train['score_first']:.3f} → "
+                     f"{train['score_last']:.3f}, KL to reference {train['kl_to_ref_last']:.2f}"
+                     + (" (stopped at the KL limit)." if train.get("stopped_early") else "."))
     if registry:
         verdict = ("**promoted to champion**" if registry["promoted"]
                    else f"stays candidate (champion: {registry['champion_after']['round']})")

@@ -253,3 +253,24 @@ def test_start_from_champion_needs_the_registry(tmp_path):
     text = "registry: {enabled: false}\nrounds:\n  r1: {prev: sft}\n  r2: {prev: r1, start: champion}\n"
     with pytest.raises(ConfigError, match=r"params.yaml:4: rounds.r2.start: 'champion' needs registry.enabled: true \(fix:"):
         load_params(write(tmp_path, text))
+
+
+def test_new_round_sections_are_validated_with_lines(tmp_path):
+    text = ("generate:\n  budget:\n    min_n: 4\n    max_n: 3\n"
+            "rounds:\n  r1:\n    algo: ppo\n    prev: sft\n    ppo:\n      iterations: 0\n      klcoef: 1\n"
+            "  r2:\n    algo: sarsa\n    prev: r1\n")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    msg = str(info.value)
+    assert f"{path}:2: generate.budget: " in msg and "max_n (3) < min_n (4)" in msg
+    assert f"{path}:10: rounds.r1.ppo.iterations: " in msg
+    assert f"{path}:11: rounds.r1.ppo.klcoef: " in msg
+    assert f"{path}:13: rounds.r2.algo: " in msg
+
+
+def test_round_budget_override_merges_key_by_key(tmp_path):
+    path = write(tmp_path, "generate:\n  budget:\n    strategy: adaptive\n    target_margin: 2.0\n"
+                           "rounds:\n  r1:\n    prev: sft\n    generate:\n      budget:\n        min_n: 3\n")
+    b = load_params(path).round_section("r1", "generate").budget
+    assert (b.strategy, b.target_margin, b.min_n) == ("adaptive", 2.0, 3)

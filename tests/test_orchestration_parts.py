@@ -3,7 +3,6 @@ hand to DVC, GPU slots across processes, error extraction, and the round artifac
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path

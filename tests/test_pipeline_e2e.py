@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from _project import BIN, flow_env, init_project, read, sh
 
 TINY = {
     "experiment": "e2e",
@@ -46,15 +44,6 @@ TINY = {
 ROUNDS = ["r1", "r2", "r3"]
 
 
-def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PYTHONPATH": str(cwd)}
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def harness():
     from prefect.testing.utilities import prefect_test_harness
@@ -67,33 +56,16 @@ def harness():
 def project(tmp_path_factory, harness) -> Path:
     from flows.pipeline import pipeline
 
-    root = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(REPO / "alignloop", root / "alignloop", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    sh(["git", "init", "-q"], root)
-    sh(["dvc", "init", "-q"], root)
-    sh(["alignloop", "render"], root)
+    root = init_project(tmp_path_factory.mktemp("pipeline"), TINY)
     # The flow's stage subprocesses inherit this process' environment.
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "PYTHONPATH")}
-    os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONPATH": str(root)})
-    try:
+    with flow_env(root):
         results = pipeline(project_dir=str(root))
         (root / "first_flow.json").write_text(json.dumps(results))
         yield root
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def dvc_yaml_stages(root: Path) -> list[str]:
     return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
-
-
-def read(root: Path, rel: str):
-    return json.loads((root / rel).read_text())
 
 
 def test_flow_ran_every_stage_once_in_dvc_yaml_order(project):
@@ -142,6 +114,19 @@ def test_dvc_repro_after_the_flow_does_nothing(project):
     assert "Running stage" not in proc.stdout
     status = sh(["dvc", "status"], project)
     assert "up to date" in status.stdout
+
+
+def test_evaluation_reruns_only_when_its_params_change(project):
+    """Evaluation settings are params of the evaluate stages alone: changing one makes exactly those stale."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw.setdefault("evaluate", {})["bootstrap_resamples"] = 500
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        status = json.loads(sh(["dvc", "status", "--json"], project).stdout)
+        assert set(status) == {"evaluate_sft", *(f"evaluate_{r}" for r in ROUNDS)}, status
+    finally:
+        (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    assert json.loads(sh(["dvc", "status", "--json"], project).stdout) == {}
 
 
 def test_second_flow_run_skips_every_stage(project):
@@ -355,7 +340,19 @@ def test_dvc_dag_metrics_plots(project):
     metrics = sh(["dvc", "metrics", "show", "--json"], project).stdout
     assert "gold_reward" in metrics
     sh(["dvc", "plots", "show", "-o", "plots_html"], project)
-    assert (project / "plots_html" / "index.html").exists()
+    html = (project / "plots_html" / "index.html").read_text()
+    for title in ("Reward by round", "KL to SFT", "Response length", "Diversity", "Proxy gain minus gold gain"):
+        assert title in html
+    assert "rounds.png" in html  # the report's PNG is a plot too
+    png = (project / "data/report/rounds.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    ev = read(project, "data/rounds/r3/eval.json")
+    for key in ("gold_reward_ci", "win_rate_vs_sft_gold_ci", "win_rate_vs_champion_gold_ci"):
+        assert ev[key]["low"] <= ev[key.removesuffix("_ci")] <= ev[key]["high"], key
+    assert ev["champion"] == read(project, "data/rounds/r2/registry.json")["champion_after"]["round"]
+    assert {"ranking_accuracy", "ranking_accuracy_vs_sft", "rm_eval_accuracy", "self_bleu", "distinct_1",
+            "proxy_gold_gap"} <= set(ev)
+    assert ev["settings"]["seed"] == TINY.get("evaluate", {}).get("seed", 1234)
 
 
 def test_mlflow_run_per_stage(project):

@@ -11,18 +11,14 @@ changing the aggregation rescoring only.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from _project import init_project, sh
+
 TARGET = 1.5  # the "non-trivial margin": best-minus-worst reward the adaptive budget aims at
 PARAMS = {
     "experiment": "sampling",
@@ -43,23 +39,9 @@ PARAMS = {
 }
 
 
-def sh(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PYTHONPATH": str(cwd)}
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sampling")
-    shutil.copytree(REPO / "alignloop", root / "alignloop", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
-    sh(["git", "init", "-q"], root)
-    sh(["dvc", "init", "-q"], root)
-    sh(["alignloop", "render"], root)
+    root = init_project(tmp_path_factory.mktemp("sampling"), PARAMS)
     sh(["dvc", "repro", "pairs_uni", "pairs_ada"], root)
     return root
 

@@ -124,3 +124,30 @@ def test_running_moments_and_score_normalisation():
 def test_entropy_of_uniform_and_peaked():
     assert float(entropy_from_logits(torch.zeros(4))) == approx(math.log(4))
     assert float(entropy_from_logits(torch.tensor([100.0, 0.0, 0.0]))) < 1e-6
+
+
+# --- PPO plumbing (alignloop.ppo) -----------------------------------------------------------------------------------
+
+
+def test_response_mask_keeps_tokens_up_to_and_including_the_first_eos():
+    from alignloop.ppo import response_mask
+
+    eos = 2
+    resp = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 2, 7, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
+    assert response_mask(resp, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_prompt_schedule_walks_a_seeded_shuffle_and_is_fixed_by_iteration():
+    import random
+
+    from alignloop.ppo import prompt_schedule
+
+    # 5 prompts, 3 per iteration: iteration 0 = first 3 of pass 0's shuffle, iteration 1 = its last 2 + pass 1's first
+    p0, p1 = list(range(5)), list(range(5))
+    random.Random(7 * 100_003 + 0).shuffle(p0)
+    random.Random(7 * 100_003 + 1).shuffle(p1)
+    assert prompt_schedule(5, 3, 0, seed=7) == p0[:3]
+    assert prompt_schedule(5, 3, 1, seed=7) == p0[3:] + p1[:1]
+    assert prompt_schedule(5, 3, 1, seed=7) == prompt_schedule(5, 3, 1, seed=7)  # what a resume relies on
+    assert sorted(prompt_schedule(5, 5, 0, seed=7)) == list(range(5))  # a pass covers every prompt once
+    assert prompt_schedule(2, 5, 0, seed=1)[:2] != [] and len(prompt_schedule(2, 5, 0, seed=1)) == 5  # batch > prompts

@@ -1,4 +1,5 @@
-"""Stage `dpo`: one DPO round (TRL DPOTrainer) on the round's rejection-sampled pairs.
+"""Stage `dpo`: one DPO round (TRL DPOTrainer) on the round's rejection-sampled pairs (iterative DPO), or on the
+curated training preferences (``dpo.pairs: curated``, offline DPO).
 
 The policy warm-starts from the round's ``prev`` policy; the reference is the SFT policy (default,
 ``dpo.ref: sft``) or ``prev`` (``dpo.ref: prev``). Both are loaded from their saved directories, so
@@ -17,6 +18,8 @@ from alignloop.stages.reward_model import to_conversational
 from alignloop.lineage import start_policy
 from alignloop.tracking import stage_run
 
+CURATED = "data/curated/prefs/train.jsonl"
+
 
 def run(params, args) -> None:
     from datasets import Dataset
@@ -26,7 +29,14 @@ def run(params, args) -> None:
     d = params.round_section(r, "dpo")
     prev = start_policy(params, r)
     ref_dir = params.policy_dir("sft") if d.ref == "sft" else prev
-    pairs = io.read_jsonl(f"data/rounds/{r}/pairs.jsonl", io.validate_pair, id_key="id")
+    source = f"data/rounds/{r}/pairs.jsonl" if d.pairs == "sampled" else CURATED
+    pairs = io.read_jsonl(source, io.validate_pair, id_key="id")
+    if d.max_pairs is not None and len(pairs) > d.max_pairs:
+        import random
+
+        # A seeded subset (per round), in file order so the trainer's own shuffling stays the only reordering.
+        keep = set(random.Random(params.seed * 1000 + list(params.rounds).index(r)).sample(range(len(pairs)), d.max_pairs))
+        pairs = [p for i, p in enumerate(pairs) if i in keep]
     tokenizer = load_tokenizer(prev, params.model)
     model = load_causal_lm(prev, params.model)
     ref = load_causal_lm(ref_dir, params.model)
@@ -46,7 +56,7 @@ def run(params, args) -> None:
         if vals:
             metrics[key.replace("/", "_") + "_last"] = vals[-1]
     io.write_json(f"data/rounds/{r}/train_metrics.json", metrics)
-    print(f"dpo {r}: {len(pairs)} pairs, beta {d.beta}, loss {metrics.get('loss_first', float('nan')):.3f} -> "
+    print(f"dpo {r}: {len(pairs)} {d.pairs} pairs, beta {d.beta}, loss {metrics.get('loss_first', float('nan')):.3f} -> "
           f"{metrics.get('loss_last', float('nan')):.3f}; saved {out}/")
     with stage_run(params.experiment, "dpo", {"dpo": d.model_dump(), "prev": params.rounds[r].prev}, r) as run:
         log_curves(run, hist, ("loss", "rewards/accuracies", "rewards/margins", "learning_rate"))

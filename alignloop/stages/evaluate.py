@@ -1,8 +1,14 @@
 """Stage `evaluate`: measure one policy (``--round sft`` or a round) on the held-out prompts.
 
-Samples ``evaluate.samples_per_prompt`` responses per eval prompt with a fixed seed, then reports mean proxy
-reward (the reward model), mean gold reward (embedded task only: the hidden function the pipeline never
-trains on), win-rates against the SFT policy's samples on the same prompts, KL to SFT, length and distinct-2.
+Samples ``evaluate.samples_per_prompt`` responses per eval prompt with a fixed seed (all settings are params and are
+written into the result), then reports: mean proxy reward (the reward model, or the ensemble combined as the score
+stage does) and mean gold reward (embedded task only: the hidden function the pipeline never trains on), each with
+a 95 % bootstrap interval over prompts; win-rates against the SFT policy's and the current champion's samples on
+the same prompts and seeds, by proxy and by gold, with intervals; KL to SFT; response length; diversity
+(distinct-1/2, per-prompt self-BLEU); the reward model's held-out pair accuracy; the policy's ranking accuracy on
+held-out preference pairs (does it give the chosen response the higher likelihood, alone and relative to SFT —
+"Preference Learning Algorithms Do Not Learn Preference Rankings"); and the proxy-minus-gold gain gap over SFT, the
+over-optimisation signal.
 """
 
 from __future__ import annotations
@@ -10,14 +16,17 @@ from __future__ import annotations
 import sys
 
 from alignloop import io
-from alignloop.inference import response_logprobs, reward_scores, sample
-from alignloop.metrics import distinct_n, kl_estimate, mean, win_rate
-from alignloop.modeling import load_causal_lm, load_reward_model, load_tokenizer
+from alignloop.inference import ensemble_rewards, response_logprobs, sample
+from alignloop.metrics import (bootstrap_ci, distinct_n, kl_estimate, mean, overoptimisation_gap, pair_accuracy,
+                               self_bleu, win_outcomes)
+from alignloop.modeling import load_causal_lm, load_tokenizer
+from alignloop.lineage import champion_before, reward_model_dirs
 from alignloop.stages._cli import stage_main
 from alignloop.tracking import stage_run
 
 PROMPTS = "data/curated/prompts/eval.jsonl"
-RM = "data/models/rm"
+PREFS = "data/curated/prefs/eval.jsonl"
+RM_METRICS = "data/models/rm.metrics.json"
 
 
 def eval_paths(name: str) -> tuple[str, str]:
@@ -25,6 +34,10 @@ def eval_paths(name: str) -> tuple[str, str]:
     if name == "sft":
         return "data/eval/sft.json", "data/eval/sft_samples.jsonl"
     return f"data/rounds/{name}/eval.json", f"data/rounds/{name}/eval_samples.jsonl"
+
+
+def _ci(bounds: tuple[float, float]) -> dict[str, float]:
+    return {"low": bounds[0], "high": bounds[1]}
 
 
 def run(params, args) -> None:
@@ -38,9 +51,12 @@ def run(params, args) -> None:
                   max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,
                   seed=e.seed, max_prompt_tokens=params.model.max_length - e.max_new_tokens, desc=f"evaluate {name}")
     texts_p, texts_r = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    pids = [r["prompt_id"] for r in rows]
     kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
-    rm = load_reward_model(RM, params.model)
-    proxy = reward_scores(rm, load_tokenizer(RM, params.model), texts_p, texts_r, desc="proxy reward", **kw)
+    rm_dirs = reward_model_dirs(params)
+    proxy, _ = ensemble_rewards(rm_dirs, params.model, texts_p, texts_r, batch_size=params.score.batch_size,
+                                aggregate=params.score.aggregate, std_penalty=params.score.std_penalty,
+                                desc="proxy reward")
     for row, p in zip(rows, proxy):
         row["proxy_reward"] = p
     gold = None
@@ -51,41 +67,83 @@ def run(params, args) -> None:
         for row, g in zip(rows, gold):
             row["gold_reward"] = g
 
+    ci = dict(groups=pids, resamples=e.bootstrap_resamples, seed=e.seed)  # prompts are the unit of resampling
+    by_prompt: dict = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r["response"])
     metrics = {
         "policy": name,
         "prompts": len(prompts),
         "samples": len(rows),
         "proxy_reward": mean(proxy),
+        "proxy_reward_ci": _ci(bootstrap_ci(proxy, **ci)),
         "length_tokens": mean([r["num_tokens"] for r in rows]),
+        "distinct_1": distinct_n(texts_r, 1),
         "distinct_2": distinct_n(texts_r, 2),
+        "self_bleu": mean([self_bleu(t) for t in by_prompt.values()]),
         "stop_fraction": mean([r["finish_reason"] == "stop" for r in rows]),
-        "settings": {**e.model_dump(), "reward_model": RM, "prompts_file": PROMPTS},
+        "settings": {**e.model_dump(), "reward_models": rm_dirs, "aggregate": params.score.aggregate,
+                     "prompts_file": PROMPTS, "prefs_file": PREFS},
     }
     if gold is not None:
         metrics["gold_reward"] = mean(gold)
-    if name == "sft":
-        metrics.update({"kl_to_sft": 0.0, "win_rate_vs_sft_proxy": 0.5, **({"win_rate_vs_sft_gold": 0.5} if gold else {})})
-    else:
-        sft_json, sft_samples = eval_paths("sft")
-        base = {(r["prompt_id"], r["sample_idx"]): r for r in io.read_jsonl(sft_samples)}
+        metrics["gold_reward_ci"] = _ci(bootstrap_ci(gold, **ci))
+    rm_metrics = io.read_json(RM_METRICS)
+    if "eval_accuracy" in rm_metrics:
+        metrics["rm_eval_accuracy"] = rm_metrics["eval_accuracy"]
+
+    # Win-rates against the baselines' samples of the same prompts and seeds.
+    champion = champion_before(params, name)
+    metrics["champion"] = champion
+    for label, other in (("sft", "sft"), ("champion", champion)):
+        if other == name:  # SFT against itself: every comparison a tie
+            metrics.update({f"win_rate_vs_{label}_proxy": 0.5, **({f"win_rate_vs_{label}_gold": 0.5} if gold else {})})
+            continue
+        base = {(r["prompt_id"], r["sample_idx"]): r for r in io.read_jsonl(eval_paths(other)[1])}
         missing = [k for k in ((r["prompt_id"], r["sample_idx"]) for r in rows) if k not in base]
         if missing:
-            raise io.DataError(f"{sft_samples}: no SFT sample for {missing[0]} (fix: `dvc repro evaluate_sft`)")
+            raise io.DataError(f"{eval_paths(other)[1]}: no sample for {missing[0]} (fix: `dvc repro evaluate_{other}`)")
         ref = [base[(r["prompt_id"], r["sample_idx"])] for r in rows]
-        metrics["win_rate_vs_sft_proxy"] = win_rate(proxy, [b["proxy_reward"] for b in ref])
-        if gold is not None:
-            metrics["win_rate_vs_sft_gold"] = win_rate(gold, [b["gold_reward"] for b in ref])
-        sft_model = load_causal_lm(params.policy_dir("sft"), params.model)
+        for kind, mine in (("proxy", proxy), ("gold", gold)):
+            if mine is None:
+                continue
+            outcomes = win_outcomes(mine, [b[f"{kind}_reward"] for b in ref])
+            metrics[f"win_rate_vs_{label}_{kind}"] = mean(outcomes)
+            metrics[f"win_rate_vs_{label}_{kind}_ci"] = _ci(bootstrap_ci(outcomes, **ci))
+
+    # KL to SFT on the policy's own samples, and ranking accuracy on held-out preference pairs.
+    sft_model = policy if name == "sft" else load_causal_lm(params.policy_dir("sft"), params.model)
+    if name == "sft":
+        metrics["kl_to_sft"] = 0.0
+    else:
         lp_pol = response_logprobs(policy, tokenizer, texts_p, texts_r, desc="logp policy", **kw)
         lp_ref = response_logprobs(sft_model, tokenizer, texts_p, texts_r, desc="logp sft", **kw)
         metrics["kl_to_sft"] = kl_estimate(lp_pol, lp_ref)
+    prefs = io.read_jsonl(PREFS, io.validate_pair, id_key="id", allow_empty=True)
+    if prefs:
+        pp = [x["prompt"] for x in prefs]
+        lp = {side: response_logprobs(policy, tokenizer, pp, [x[side] for x in prefs], desc=f"logp {side}", **kw)
+              for side in ("chosen", "rejected")}
+        metrics["ranking_accuracy"] = pair_accuracy(lp["chosen"], lp["rejected"])
+        if name == "sft":
+            metrics["ranking_accuracy_vs_sft"] = 0.5
+        else:  # the DPO implicit reward's ranking: log pi/pi_sft of chosen vs rejected
+            ref_lp = {side: response_logprobs(sft_model, tokenizer, pp, [x[side] for x in prefs], desc=f"logp sft {side}",
+                                              **kw) for side in ("chosen", "rejected")}
+            metrics["ranking_accuracy_vs_sft"] = pair_accuracy(
+                [a - b for a, b in zip(lp["chosen"], ref_lp["chosen"])],
+                [a - b for a, b in zip(lp["rejected"], ref_lp["rejected"])])
+    if gold is not None:
+        sft_m = metrics if name == "sft" else io.read_json(eval_paths("sft")[0])
+        metrics["proxy_gold_gap"] = overoptimisation_gap(metrics["proxy_reward"], metrics["gold_reward"],
+                                                         sft_m["proxy_reward"], sft_m["gold_reward"])
     out_json, out_samples = eval_paths(name)
     io.write_jsonl(out_samples, rows)
     io.write_json(out_json, metrics)
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
     print(f"evaluate {name}: {shown}")
     with stage_run(params.experiment, "evaluate", {"evaluate": e.model_dump()}, name) as run:
-        run.log_metrics({k: v for k, v in metrics.items() if k != "settings"})
+        run.log_metrics({k: v for k, v in metrics.items() if k != "settings"})  # intervals as <name>_ci.low/.high
 
 
 def main(argv=None) -> int:

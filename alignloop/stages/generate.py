@@ -26,21 +26,11 @@ SHARD_ROOT = Path(".alignloop/shards")
 _CODE = ["alignloop/backends.py", "alignloop/inference.py", "alignloop/modeling.py", "alignloop/stages/generate.py"]
 
 
-def _hash_paths(paths: list[Path], h) -> None:
-    for p in paths:
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-
-
 def fingerprint(policy: str, settings: dict) -> str:
     """Content hash of everything the samples depend on."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     root = Path(__file__).resolve().parents[2]
-    _hash_paths([Path(policy), Path(PROMPTS)] + [root / c for c in _CODE], h)
+    io.hash_paths([Path(policy), Path(PROMPTS)] + [root / c for c in _CODE], h)
     return h.hexdigest()[:16]
 
 
@@ -179,7 +169,7 @@ def _draw(get_backend, g, prompts: list[dict], counts: list[int], want: list[int
 
 def _prev_variance(params, r, g, prompts, get_backend, seed, max_prompt_tokens) -> tuple[list[dict], dict]:
     """Samples per prompt from the spread of its rewards in the previous round (alignloop.budget: expected-range
-    greedy). The first round has no previous rewards and draws uniformly."""
+    greedy). With no previous rewards (the first round, or a PPO round before) it draws uniformly."""
     from collections import defaultdict
 
     from alignloop.budget import allocate_expected_range, reward_variance
@@ -188,7 +178,7 @@ def _prev_variance(params, r, g, prompts, get_backend, seed, max_prompt_tokens) 
     total = g.n * len(prompts)
     prev = params.rounds[r].prev
     by_prompt: dict = defaultdict(list)
-    if prev != "sft":
+    if prev != "sft" and params.rounds[prev].algo != "ppo":  # ppo rounds sample inside their stage, keep no scores
         for row in io.read_jsonl(f"data/rounds/{prev}/scores.jsonl", io.validate_score):
             by_prompt[row["prompt_id"]].append(row["reward"])
     if by_prompt:

@@ -21,8 +21,9 @@ from alignloop.stages._cli import stage_main
 from alignloop.stages.evaluate import eval_paths
 from alignloop.tracking import content_hash, git_commit, stage_run
 
-METRICS = ("proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
-           "length_tokens", "distinct_2")
+METRICS = ("proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "win_rate_vs_champion_proxy",
+           "win_rate_vs_champion_gold", "kl_to_sft", "length_tokens", "distinct_1", "distinct_2", "self_bleu",
+           "ranking_accuracy", "ranking_accuracy_vs_sft", "proxy_gold_gap")
 
 
 def _metrics(path: str) -> dict:

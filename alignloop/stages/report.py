@@ -1,4 +1,5 @@
-"""Stage `report`: one row per policy (SFT, then each round) for `dvc plots` and a summary for `dvc metrics`."""
+"""Stage `report`: one row per policy (SFT, then each round) for `dvc plots`, the same as one PNG (logged to MLflow
+too), and a summary for `dvc metrics`."""
 
 from __future__ import annotations
 
@@ -9,16 +10,58 @@ from alignloop.stages._cli import stage_main
 from alignloop.stages.evaluate import eval_paths
 from alignloop.tracking import stage_run
 
-FIELDS = ["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
-          "length_tokens", "distinct_2"]
+FIELDS = ["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "win_rate_vs_champion_proxy",
+          "win_rate_vs_champion_gold", "kl_to_sft", "length_tokens", "distinct_1", "distinct_2", "self_bleu",
+          "ranking_accuracy", "ranking_accuracy_vs_sft", "proxy_gold_gap"]
+PNG = "data/report/rounds.png"
+PANELS = [  # (title, fields): what the PNG shows, one panel each
+    ("Reward", ["proxy_reward", "gold_reward"]),
+    ("Win-rate vs SFT", ["win_rate_vs_sft_proxy", "win_rate_vs_sft_gold"]),
+    ("KL to SFT", ["kl_to_sft"]),
+    ("Response length (tokens)", ["length_tokens"]),
+    ("Diversity", ["distinct_2", "self_bleu"]),
+    ("Over-optimisation: proxy gain - gold gain", ["proxy_gold_gap"]),
+]
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """One PNG, a panel per quantity across policies; 95 % bootstrap intervals (where evaluated) as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    from alignloop import io as _io
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    names = [r["policy"] for r in rows]
+    for ax, (title, fields) in zip(axes.flat, PANELS):
+        for f in fields:
+            if not all(f in r for r in rows):
+                continue
+            ys = [r[f] for r in rows]
+            ci = [r.get(f + "_ci") or {"low": y, "high": y} for r, y in zip(rows, ys)]  # none: a point
+            err = [[y - c["low"] for y, c in zip(ys, ci)], [c["high"] - y for y, c in zip(ys, ci)]]
+            ax.errorbar(range(len(rows)), ys, yerr=err, marker="o", capsize=3, label=f)
+        ax.set_title(title)
+        ax.set_xticks(range(len(rows)), names, rotation=30)
+        ax.grid(alpha=0.3)
+        if len(fields) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    with _io.atomic_file(path, "wb") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
 
 
 def run(params, args) -> None:
     rows = []
     for step, name in enumerate(["sft", *params.rounds]):
         m = io.read_json(eval_paths(name)[0])
-        rows.append({"step": step, "policy": name, **{k: m[k] for k in FIELDS if k in m}})
-    io.write_json("data/report/rounds.json", rows)
+        rows.append({"step": step, "policy": name, **{k: m[k] for k in FIELDS if k in m},
+                     **{k + "_ci": m[k + "_ci"] for k in FIELDS if k + "_ci" in m}})
+    io.write_json("data/report/rounds.json", [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in rows])
+    plot(rows, PNG)
     first, last = rows[0], rows[-1]
     summary = {"final_policy": last["policy"], "final": {k: v for k, v in last.items() if k in FIELDS},
                "sft": {k: v for k, v in first.items() if k in FIELDS}}
@@ -26,10 +69,12 @@ def run(params, args) -> None:
         summary["gold_gain_over_sft"] = last["gold_reward"] - first["gold_reward"]
     io.write_json("data/report/summary.json", summary)
     for r in rows:
-        print("report: " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+        print("report: " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                                     if not k.endswith("_ci")))
     with stage_run(params.experiment, "report", {"rounds": list(params.rounds)}) as run:
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         run.log_artifact("data/report/rounds.json")
+        run.log_artifact(PNG)
 
 
 def main(argv=None) -> int:

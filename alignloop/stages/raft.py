@@ -1,0 +1,75 @@
+"""Stage `raft`: reward-ranked fine-tuning (RAFT, Dong et al. 2023) — SFT on the best of the round's samples.
+
+Selection (alignloop.selection, pure): the top ``raft.k`` responses of each prompt, or the top ``raft.fraction`` of
+all responses; empty responses never. Training: TRL SFTTrainer from the round's start policy, loss on the response
+tokens only, like the sft stage. Outputs: ``raft.jsonl`` (the selected demonstrations, SFT contract) and the policy.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from alignloop import io
+from alignloop.pairs import group_by_prompt
+from alignloop.selection import raft_top_fraction, raft_top_k
+from alignloop.stages._cli import stage_main
+
+
+def select(groups: dict, cfg, round_name: str) -> list[dict]:
+    """SFT rows of the selected responses, best first within the selection rule's order."""
+    picked = raft_top_k(groups, cfg.k) if cfg.select == "top_k" else raft_top_fraction(groups, cfg.fraction)
+    return [{"id": f"{round_name}-{s['prompt_id']}-{s['sample_idx']}", "prompt": s["prompt"], "response": s["response"],
+             "reward": w} for s, w in picked]
+
+
+def run(params, args) -> None:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from alignloop.lineage import start_policy
+    from alignloop.modeling import as_messages, load_causal_lm, load_tokenizer
+    from alignloop.stages._train import common_args, log_curves, loss_summary
+    from alignloop.tracking import stage_run
+
+    r = args.round
+    c = params.round_section(r, "raft")
+    samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample)
+    scores = io.read_jsonl(f"data/rounds/{r}/scores.jsonl", io.validate_score)
+    try:
+        groups = group_by_prompt(samples, scores)
+    except KeyError as exc:
+        raise io.DataError(f"data/rounds/{r}/scores.jsonl: {exc.args[0]}") from None
+    rows = select(groups, c, r)
+    if not rows:
+        raise io.DataError(f"data/rounds/{r}/samples.jsonl: every response is empty, nothing to fine-tune on "
+                           f"(fix: raise generate.max_new_tokens or check the policy {start_policy(params, r)})")
+    io.write_jsonl(f"data/rounds/{r}/raft.jsonl", rows)
+
+    start = start_policy(params, r)
+    tokenizer = load_tokenizer(start, params.model)
+    model = load_causal_lm(start, params.model)
+    dataset = Dataset.from_list([{"prompt": as_messages(x["prompt"]),
+                                  "completion": [{"role": "assistant", "content": x["response"]}]} for x in rows])
+    config = SFTConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size), completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    result = trainer.train()
+    out = f"data/rounds/{r}/policy"
+    with io.atomic_dir(out) as tmp:
+        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
+        tokenizer.save_pretrained(tmp)
+    metrics = {"selected": len(rows), "samples": len(samples), "selected_reward_mean": sum(x["reward"] for x in rows) / len(rows),
+               "train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history)}
+    io.write_json(f"data/rounds/{r}/train_metrics.json", metrics)
+    print(f"raft {r}: {len(rows)} of {len(samples)} samples (mean reward {metrics['selected_reward_mean']:.3f}), loss "
+          f"{metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f}; saved {out}/")
+    with stage_run(params.experiment, "raft", {"raft": c.model_dump(), "prev": params.rounds[r].prev}, r) as run_:
+        log_curves(run_, trainer.state.log_history, ("loss", "learning_rate", "mean_token_accuracy"))
+        run_.log_metrics(metrics)
+
+
+def main(argv=None) -> int:
+    return stage_main("raft", run, needs_round=True, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

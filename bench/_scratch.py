@@ -1,0 +1,46 @@
+"""A scratch copy of a finished embedded pipeline for experiments that must not touch the repo's outputs, and a
+runner for one round's stages (the stage modules DVC would call, in dvc.yaml order) — so the copy's dvc.lock, made
+by an older code version, does not make DVC retrain SFT and the reward model first."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+PARTS = ("alignloop", "params.yaml", "data/curated", "data/models", "data/eval")
+
+
+def scratch_copy(project: Path, prefix: str) -> tuple[Path, dict]:
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    for part in PARTS:
+        src = project / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / part)
+    env = {**os.environ, "PYTHONPATH": str(work), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    return work, env
+
+
+def set_params(work: Path, env: dict, edit) -> dict:
+    """Apply ``edit(params_dict)`` to the copy's params.yaml and re-render dvc.yaml; returns the stages."""
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    edit(params)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "alignloop", "render"], cwd=work, env=env, check=True)
+    return yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
+
+
+def run_stage(work: Path, env: dict, stage: dict, name: str) -> None:
+    print(f"--- {name}", flush=True)
+    cmd = stage["cmd"].split()
+    subprocess.run([sys.executable, *cmd[1:]], cwd=work, env=env, check=True)  # cmd[0] is "python"
+
+
+def run_round(work: Path, env: dict, stages: dict, r: str) -> None:
+    for name, stage in stages.items():
+        if name.endswith(f"_{r}") and not name.startswith("register_"):
+            run_stage(work, env, stage, name)
