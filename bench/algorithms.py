@@ -12,6 +12,7 @@ Each round's stages run as the stage modules DVC would call, in dvc.yaml order (
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -58,6 +59,11 @@ def main() -> int:
         table[r] = {k: ev[k] for k in ("gold_reward", "proxy_reward", "kl_to_sft", "win_rate_vs_sft_gold")}
         table[r]["seconds"] = round(time.perf_counter() - t0)
         print(r, table[r], flush=True)
+    if a.only:  # a partial rerun updates the rows it ran and keeps the others
+        from _out import OUT
+
+        old = json.loads((OUT / "algorithms.json").read_text()) if (OUT / "algorithms.json").exists() else {}
+        rounds, table = {**old.get("rounds", {}), **rounds}, {**old.get("table", {}), **table}
     write_result("algorithms", {"rounds": rounds, "table": table})
     shutil.rmtree(work, ignore_errors=True)
     return 0

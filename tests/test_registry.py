@@ -4,7 +4,6 @@ idempotent reruns, promote/rollback, resolving models:/ URIs, and two processes 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 from pathlib import Path
 
 import pytest
@@ -160,29 +159,34 @@ def test_log_weights_uploads_them_as_artifacts(project):
     assert not path.startswith(str(project / "data"))
 
 
-def _register_many(args):
-    uri, model, rounds = args
-    import os
-
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    from alignloop import registry as reg
-
-    out = []
-    for r in rounds:
-        out.append(reg.register_round(name=model, round_name=r, source=f"/nowhere/{model}/{r}",
-                                      policy_md5=f"md5-{r}", run_id=None, tags={}, promote=True, decision="d"))
-    return out
+REGISTER_MANY = """
+import json, sys
+from alignloop import registry as reg
+model, rounds = sys.argv[1], sys.argv[2].split(",")
+print(json.dumps([reg.register_round(name=model, round_name=r, source=f"/nowhere/{model}/{r}", policy_md5=f"md5-{r}",
+                                     run_id=None, tags={}, promote=True, decision="d") for r in rounds]))
+"""
 
 
 def test_two_processes_registering_at_once_lose_and_duplicate_nothing(tmp_path, monkeypatch):
+    """Four independent Python processes (as four pipelines' register stages would be) write one sqlite store."""
+    import os
+    import subprocess
+    import sys
+
     uri = f"sqlite:///{tmp_path}/shared.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     registry.client().search_registered_models()  # create the schema once, as the first stage run would
     rounds = [f"r{i}" for i in range(1, 7)]
-    jobs = [(uri, "a-policy", rounds), (uri, "b-policy", rounds),
-            (uri, "shared-policy", rounds), (uri, "shared-policy", rounds)]  # same rounds, raced
-    with mp.get_context("spawn").Pool(4) as pool:
-        results = pool.map(_register_many, jobs)
+    models = ["a-policy", "b-policy", "shared-policy", "shared-policy"]  # the last two race on the same rounds
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER_MANY, m, ",".join(rounds)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for m in models]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
     for model in ("a-policy", "b-policy", "shared-policy"):
         rows = registry.versions(model)
         assert [r["version"] for r in rows] == [str(i) for i in range(1, 7)], (model, rows)
