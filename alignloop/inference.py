@@ -166,18 +166,42 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str], *, 
     return out
 
 
-def ensemble_rewards(paths: list[str], model_cfg, prompts: list, responses: list[str], *, batch_size: int,
-                     aggregate: str = "mean", std_penalty: float = 1.0, desc: str = "score") -> tuple[list[float], list[list[float]]]:
-    """Score with every reward model in ``paths`` (loaded one at a time, so k members never share memory) and
-    combine them (alignloop.ensemble.aggregate). Returns ``(rewards, member_rewards)``; one path: its own scores."""
-    from alignloop.ensemble import aggregate as combine
-    from alignloop.modeling import load_reward_model, load_tokenizer, to_device
+class RewardEnsemble:
+    """The round's reward model(s) as one scorer: every member scores, alignloop.ensemble.aggregate combines them
+    (one member: its own scores). ``keep_loaded``: hold the members between calls, for callers that score many
+    times (PPO iterations, adaptive-budget waves); otherwise each call loads them one at a time, so k members never
+    share memory."""
 
-    members = []
-    for k, path in enumerate(paths):
-        rm = to_device(load_reward_model(path, model_cfg))
-        members.append(reward_scores(rm, load_tokenizer(path, model_cfg), prompts, responses, batch_size=batch_size,
-                                     max_length=model_cfg.max_length,
-                                     desc=desc if len(paths) == 1 else f"{desc} (member {k + 1}/{len(paths)})"))
-        del rm
-    return (members[0] if len(members) == 1 else combine(members, aggregate, std_penalty)), members
+    def __init__(self, paths: list[str], model_cfg, *, batch_size: int, aggregate: str = "mean",
+                 std_penalty: float = 1.0, keep_loaded: bool = False):
+        self.paths, self.model_cfg, self.batch_size = paths, model_cfg, batch_size
+        self.aggregate, self.std_penalty = aggregate, std_penalty
+        self._loaded = [self._load(p) for p in paths] if keep_loaded else None
+
+    @classmethod
+    def from_params(cls, params, score_cfg, *, keep_loaded: bool = False) -> RewardEnsemble:
+        """The pipeline's reward models (reward_model.ensemble) combined as ``score_cfg`` (a score section) says."""
+        from alignloop.lineage import reward_model_dirs
+
+        return cls(reward_model_dirs(params), params.model, batch_size=score_cfg.batch_size,
+                   aggregate=score_cfg.aggregate, std_penalty=score_cfg.std_penalty, keep_loaded=keep_loaded)
+
+    def _load(self, path: str):
+        from alignloop.modeling import load_reward_model, load_tokenizer, to_device
+
+        return to_device(load_reward_model(path, self.model_cfg)), load_tokenizer(path, self.model_cfg)
+
+    def __call__(self, prompts: list, responses: list[str], *, desc: str = "score", progress: bool = True
+                 ) -> tuple[list[float], list[list[float]]]:
+        """``(rewards, member_rewards)`` of each (prompt, response)."""
+        from alignloop.ensemble import aggregate
+
+        members = []
+        for k, path in enumerate(self.paths):
+            rm, tok = self._loaded[k] if self._loaded else self._load(path)
+            members.append(reward_scores(rm, tok, prompts, responses, batch_size=self.batch_size,
+                                         max_length=self.model_cfg.max_length, progress=progress,
+                                         desc=desc if len(self.paths) == 1 else f"{desc} (member {k + 1}/{len(self.paths)})"))
+            del rm
+        rewards = members[0] if len(members) == 1 else aggregate(members, self.aggregate, self.std_penalty)
+        return rewards, members

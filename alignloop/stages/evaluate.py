@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from alignloop import io
-from alignloop.inference import ensemble_rewards, response_logprobs, sample
+from alignloop.inference import RewardEnsemble, response_logprobs, sample
 from alignloop.metrics import (bootstrap_ci, distinct_n, kl_estimate, mean, overoptimisation_gap, pair_accuracy,
                                self_bleu, win_outcomes)
 from alignloop.modeling import load_causal_lm, load_tokenizer
@@ -54,9 +54,7 @@ def run(params, args) -> None:
     pids = [r["prompt_id"] for r in rows]
     kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
     rm_dirs = reward_model_dirs(params)
-    proxy, _ = ensemble_rewards(rm_dirs, params.model, texts_p, texts_r, batch_size=params.score.batch_size,
-                                aggregate=params.score.aggregate, std_penalty=params.score.std_penalty,
-                                desc="proxy reward")
+    proxy, _ = RewardEnsemble.from_params(params, params.score)(texts_p, texts_r, desc="proxy reward")
     for row, p in zip(rows, proxy):
         row["proxy_reward"] = p
     gold = None

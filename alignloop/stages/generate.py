@@ -195,10 +195,9 @@ def _adaptive(params, r, g, prompts, get_backend, seed, max_prompt_tokens) -> tu
     """min_n per prompt, then waves of `step` more to prompts without a usable pair yet (alignloop.budget.next_wave),
     scored by the round's reward model(s) as the score stage will score them, until the budget is spent."""
     from alignloop.budget import next_wave
-    from alignloop.inference import ensemble_rewards
-    from alignloop.lineage import reward_model_dirs
+    from alignloop.inference import RewardEnsemble
 
-    b, s = g.budget, params.round_section(r, "score")
+    b = g.budget
     total = g.n * len(prompts)
     if total < b.min_n * len(prompts):
         raise io.DataError(f"params.yaml: generate.n={g.n} is below budget.min_n={b.min_n} (fix: raise generate.n or "
@@ -206,13 +205,12 @@ def _adaptive(params, r, g, prompts, get_backend, seed, max_prompt_tokens) -> tu
     rows: list[dict] = []
     rewards: list[list[float]] = [[] for _ in prompts]
     index = {p["id"]: i for i, p in enumerate(prompts)}
+    score = RewardEnsemble.from_params(params, params.round_section(r, "score"), keep_loaded=True)  # loaded once
     want, wave = [b.min_n] * len(prompts), 0
     while any(want):
         new = _draw(get_backend, g, prompts, [len(x) for x in rewards], want, seed + wave * WAVE_SEED_STRIDE,
                     max_prompt_tokens, f"generate {r} wave {wave}")
-        scores, _ = ensemble_rewards(reward_model_dirs(params), params.model, [x["prompt"] for x in new],
-                                     [x["response"] for x in new], batch_size=s.batch_size, aggregate=s.aggregate,
-                                     std_penalty=s.std_penalty, desc=f"budget scores wave {wave}")
+        scores, _ = score([x["prompt"] for x in new], [x["response"] for x in new], desc=f"budget scores wave {wave}")
         for x, sc in zip(new, scores):  # a prompt's new rows come in sample_idx order
             rewards[index[x["prompt_id"]]].append(sc)
         rows += new

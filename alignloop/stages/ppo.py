@@ -34,23 +34,8 @@ def load_value_model(path: str, model_cfg):
     return AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, **_load_kwargs(model_cfg, local=True))
 
 
-def reward_fn(paths: list[str], params, score_cfg):
-    """score(prompts, texts) with every reward model kept loaded, combined like the score stage combines them."""
-    from alignloop.ensemble import aggregate
-    from alignloop.inference import reward_scores
-    from alignloop.modeling import load_reward_model, load_tokenizer, to_device
-
-    members = [(to_device(load_reward_model(p, params.model)), load_tokenizer(p, params.model)) for p in paths]
-
-    def score(prompts: list, texts: list[str]) -> list[float]:
-        each = [reward_scores(rm, tok, prompts, texts, batch_size=score_cfg.batch_size,
-                              max_length=params.model.max_length, progress=False) for rm, tok in members]
-        return each[0] if len(each) == 1 else aggregate(each, score_cfg.aggregate, score_cfg.std_penalty)
-
-    return score
-
-
 def run(params, args) -> None:
+    from alignloop.inference import RewardEnsemble
     from alignloop.lineage import reward_model_dirs, start_policy
     from alignloop.modeling import load_causal_lm, load_tokenizer, to_device
     from alignloop.ppo import PPOTrainer, train
@@ -79,8 +64,9 @@ def run(params, args) -> None:
     ref = to_device(load_causal_lm(ref_dir, params.model))
     value = to_device(load_value_model(rm_dirs[0] if c.value_init == "reward_model" else start, params.model))
     value.config.pad_token_id = tokenizer.pad_token_id
-    trainer = PPOTrainer(policy, ref, value, tokenizer, cfg, reward_fn(rm_dirs, params, params.round_section(r, "score")),
-                         seed=seed)
+    rewards = RewardEnsemble.from_params(params, params.round_section(r, "score"), keep_loaded=True)
+    trainer = PPOTrainer(policy, ref, value, tokenizer, cfg,
+                         lambda prompts, texts: rewards(prompts, texts, progress=False)[0], seed=seed)
     if (ckpt / "state.pt").is_file():
         trainer.load(ckpt)
         print(f"ppo {r}: resumed from iteration {trainer.iteration} ({ckpt})", flush=True)
