@@ -26,15 +26,21 @@ def _strategy(params, r: str, p):
     return None  # max_min
 
 
-def run(params, args) -> None:
-    r = args.round
-    p = params.round_section(r, "pairs")
+def read_groups(r: str) -> dict:
+    """A round's samples joined with their scores, by prompt (alignloop.pairs.group_by_prompt); a sample without a
+    score is a DataError naming the scores file."""
     samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample)
     scores = io.read_jsonl(f"data/rounds/{r}/scores.jsonl", io.validate_score)
     try:
-        groups = group_by_prompt(samples, scores)
+        return group_by_prompt(samples, scores)
     except KeyError as exc:
         raise io.DataError(f"data/rounds/{r}/scores.jsonl: {exc.args[0]}") from None
+
+
+def run(params, args) -> None:
+    r = args.round
+    p = params.round_section(r, "pairs")
+    groups = read_groups(r)
     pairs = select_pairs(groups, p.min_margin, r, pick=_strategy(params, r, p),
                          source=None if p.strategy == "max_min" else f"rejection_sampling:{r}:{p.strategy}")
     if not pairs:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 from alignloop import io
-from alignloop.pairs import group_by_prompt
 from alignloop.selection import raft_top_fraction, raft_top_k
 from alignloop.stages._cli import stage_main
+from alignloop.stages.pairs import read_groups
 
 
 def select(groups: dict, cfg, round_name: str) -> list[dict]:
@@ -33,19 +33,14 @@ def run(params, args) -> None:
 
     r = args.round
     c = params.round_section(r, "raft")
-    samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample)
-    scores = io.read_jsonl(f"data/rounds/{r}/scores.jsonl", io.validate_score)
-    try:
-        groups = group_by_prompt(samples, scores)
-    except KeyError as exc:
-        raise io.DataError(f"data/rounds/{r}/scores.jsonl: {exc.args[0]}") from None
+    start = start_policy(params, r)
+    groups = read_groups(r)
     rows = select(groups, c, r)
     if not rows:
         raise io.DataError(f"data/rounds/{r}/samples.jsonl: every response is empty, nothing to fine-tune on "
-                           f"(fix: raise generate.max_new_tokens or check the policy {start_policy(params, r)})")
+                           f"(fix: raise generate.max_new_tokens or check the policy {start})")
     io.write_jsonl(f"data/rounds/{r}/raft.jsonl", rows)
 
-    start = start_policy(params, r)
     tokenizer = load_tokenizer(start, params.model)
     model = load_causal_lm(start, params.model)
     dataset = Dataset.from_list([{"prompt": as_messages(x["prompt"]),
@@ -57,10 +52,10 @@ def run(params, args) -> None:
     with io.atomic_dir(out) as tmp:
         trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
         tokenizer.save_pretrained(tmp)
-    metrics = {"selected": len(rows), "samples": len(samples), "selected_reward_mean": sum(x["reward"] for x in rows) / len(rows),
+    metrics = {"selected": len(rows), "samples": sum(map(len, groups.values())), "selected_reward_mean": sum(x["reward"] for x in rows) / len(rows),
                "train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history)}
     io.write_json(f"data/rounds/{r}/train_metrics.json", metrics)
-    print(f"raft {r}: {len(rows)} of {len(samples)} samples (mean reward {metrics['selected_reward_mean']:.3f}), loss "
+    print(f"raft {r}: {len(rows)} of {metrics['samples']} samples (mean reward {metrics['selected_reward_mean']:.3f}), loss "
           f"{metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f}; saved {out}/")
     with stage_run(params.experiment, "raft", {"raft": c.model_dump(), "prev": params.rounds[r].prev}, r) as run_:
         log_curves(run_, trainer.state.log_history, ("loss", "learning_rate", "mean_token_accuracy"))
