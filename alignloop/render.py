@@ -165,10 +165,11 @@ def render(params: Params, raw: dict) -> dict:
     for name, rnd in params.rounds.items():
         d = f"data/rounds/{name}"
         prev_policy = params.policy_dir(rnd.prev)
+        # Every policy prev's registration can leave as champion: sft and the rounds up to prev (a static set).
+        earlier = ["sft", *list(params.rounds)[: list(params.rounds).index(rnd.prev) + 1]] if rnd.prev != "sft" else ["sft"]
         if rnd.start == "champion" and rnd.prev != "sft":
             # Starts from whichever policy prev's registration left as champion: that record, and every policy
             # it can name, are the inputs (the set is static, so DVC can track it).
-            earlier = ["sft", *list(params.rounds)[: list(params.rounds).index(rnd.prev) + 1]]
             start_deps = [f"data/rounds/{rnd.prev}/registry.json", *(params.policy_dir(n) for n in earlier)]
         else:
             start_deps = [prev_policy]
@@ -225,7 +226,6 @@ def render(params: Params, raw: dict) -> dict:
         # The current champion's samples: prev's (or, with the registry, any earlier policy prev's registration
         # left as champion — the set is static, so DVC can track it).
         if rnd.prev != "sft" and params.registry.enabled:
-            earlier = ["sft", *list(params.rounds)[: list(params.rounds).index(rnd.prev) + 1]]
             champ_deps = [f"data/rounds/{rnd.prev}/registry.json", *(_eval_outs(n)[1] for n in earlier)]
         else:
             champ_deps = [_eval_outs(rnd.prev)[1]]

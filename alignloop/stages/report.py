@@ -31,8 +31,6 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    from alignloop import io as _io
-
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     names = [r["policy"] for r in rows]
     for ax, (title, fields) in zip(axes.flat, PANELS):
@@ -49,7 +47,7 @@ def plot(rows: list[dict], path: str) -> None:
         if len(fields) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    with _io.atomic_file(path, "wb") as tmp:
+    with io.atomic_file(path, "wb") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
