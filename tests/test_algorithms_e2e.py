@@ -121,7 +121,8 @@ def test_killed_ppo_stage_resumes_from_its_checkpoint_with_the_same_result(proje
     try:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
-            states = list(ckpt_root.glob("*/state.pt"))
+            # Only finished checkpoints: a hidden ".<name>.tmp-*" sibling is one being written (io.atomic_dir).
+            states = [p for p in ckpt_root.glob("*/state.pt") if not p.parent.name.startswith(".")]
             if states:
                 import torch
 
