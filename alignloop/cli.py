@@ -14,14 +14,14 @@ STAGE_SECTIONS = {
     "prepare": ["seed", "task"],
     "curate": ["seed", "data", "curate"],
     "base": ["seed", "model"],
-    "sft": ["seed", "model", "sft"],
-    "reward_model": ["seed", "model", "reward_model"],
+    "sft": ["seed", "model", "train", "sft"],
+    "reward_model": ["seed", "model", "train", "reward_model"],
     "generate": ["seed", "model", "generate"],
     "score": ["model", "score"],
     "pairs": ["pairs"],
-    "dpo": ["seed", "model", "dpo"],
+    "dpo": ["seed", "model", "train", "dpo"],
     "ppo": ["seed", "model", "ppo", "score", "reward_model"],
-    "raft": ["seed", "model", "raft"],
+    "raft": ["seed", "model", "train", "raft"],
     "evaluate": ["model", "evaluate"],
     "register": ["experiment", "registry"],
 }
@@ -65,6 +65,29 @@ def cmd_params_ref(args) -> int:
     print("| key | default | meaning |\n|---|---|---|")
     for key, default, help_text in field_help():
         print(f"| `{key}` | {('`' + default + '`') if default else ''} | {help_text} |")
+    return 0
+
+
+def cmd_preset(args) -> int:
+    """Merge a preset (configs/*.yaml) over params.yaml, validate, print the changed keys, re-render dvc.yaml."""
+    import json
+    import shlex
+
+    from alignloop.params_edit import apply_preset, read_preset
+    from alignloop.render import render_file
+
+    overrides = read_preset(args.file)
+    if args.dvc_exp:  # the same keys as `dvc exp run -S` options (values are YAML; JSON is valid YAML)
+        sets = [shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in overrides.items()]
+        print("dvc exp run " + " ".join(f"-S {s}" for s in sets))
+        return 0
+    result = apply_preset(args.params, args.file)
+    print(f"{args.params}: {len(result['changed'])} key(s) changed by {args.file}")
+    for key in result["changed"]:
+        print(f"  {key} = {overrides[key]!r}")
+    dvc = Path(args.params).with_name("dvc.yaml")
+    dvc.write_text(render_file(args.params), encoding="utf-8")
+    print(f"wrote {dvc}; next: dvc repro")
     return 0
 
 
@@ -114,6 +137,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="registered model (default: '<experiment>-policy' from params)")
     p.add_argument("--reason", help="recorded with a promote or rollback")
     p.set_defaults(fn=cmd_registry)
+    p = sub.add_parser("preset", help="merge a preset (e.g. configs/gpu-small.yaml) over params.yaml and re-render")
+    p.add_argument("file", help="preset YAML: a partial params.yaml")
+    p.add_argument("--dvc-exp", action="store_true", help="only print the equivalent `dvc exp run -S ...` command")
+    p.set_defaults(fn=cmd_preset)
     p = sub.add_parser("params-ref", help="print the params reference (markdown)")
     p.set_defaults(fn=cmd_params_ref)
     args = parser.parse_args(argv)

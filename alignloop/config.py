@@ -116,6 +116,9 @@ class SFTConfig(_Section):
     lr: float = Field(3e-3, gt=0, description="Peak learning rate (cosine schedule).")
     batch_size: int = Field(32, gt=0, description="Examples per optimizer step.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps for LR warm-up.")
+    packing: bool = Field(False, description="Pack several demonstrations into each max_length row (TRL best-fit "
+                          "packing, padding-free; sequence boundaries kept through position ids), so batch_size counts "
+                          "packed rows. For long-tailed hub data on a GPU; off: one demonstration per row.")
 
 
 class RewardModelConfig(_Section):
@@ -191,6 +194,9 @@ class DPOConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the round's pairs.")
     batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
     ref: Literal["sft", "prev"] = Field("sft", description="Reference model: fixed at SFT, or the previous round's policy.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the reference log-probs of every pair once before training (TRL), so the reference "
+        "model is not kept in GPU memory or run at every step.")
     pairs: Literal["sampled", "curated"] = Field(
         "sampled", description="sampled: the round's rejection-sampled pairs (iterative DPO). curated: the curated "
         "training preferences (offline DPO; the round then has no sampling stages).")
@@ -299,6 +305,41 @@ class OrchestrationConfig(_Section):
         "Ray tasks with the Ray task runner). The merged samples are identical to one shard.")
 
 
+class LoraConfig(_Section):
+    """Low-rank adapters (PEFT) instead of full fine-tuning; the stage merges them before saving a full model."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters (PEFT) in sft, dpo and raft instead of every weight; "
+                          "the saved policy is the merged full model, so later stages load it unchanged.")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' (every linear layer but the LM head) or a "
+        "list of module names, e.g. [q_proj, v_proj].")
+    reward_model: bool = Field(False, description="Also train the reward model(s) with LoRA (the score head is trained "
+                               "in full); off: full fine-tuning.")
+
+
+class TrainConfig(_Section):
+    """Shared by the TRL-trained stages (sft, reward_model, dpo, raft): memory savers and multi-GPU launch."""
+
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass instead of "
+                                         "storing them: less memory, about a third more compute (TRL's default, on). "
+                                         "Off for speed when activations fit.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (PEFT).")
+    distributed: Literal["auto", "off", "ddp", "fsdp", "zero2"] = Field(
+        "auto", description="With more than one visible CUDA GPU the stage relaunches itself through `accelerate "
+        "launch` with configs/accelerate/ddp.yaml, fsdp.yaml or zero2.yaml (DeepSpeed ZeRO-2), one process per GPU "
+        "(auto: ddp). off: one process. batch_size stays the global batch (split over the processes).")
+
+    @model_validator(mode="after")
+    def _lora_fsdp(self) -> "TrainConfig":
+        if self.lora.enabled and self.distributed == "fsdp":
+            raise ValueError("lora.enabled with distributed 'fsdp' is not supported here (merging sharded adapters "
+                             "before the save) (fix: distributed: ddp or zero2)")
+        return self
+
+
 class RoundConfig(_Section):
     algo: Literal["dpo", "ppo", "raft"] = Field("dpo", description="dpo: pairs from rejection sampling, TRL DPO. ppo: "
                                                 "on-policy PPO against the reward model. raft: SFT on the best samples.")
@@ -368,6 +409,8 @@ class Params(_Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Default DPO settings (TRL DPOTrainer).")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="Default PPO settings (alignloop/ppo.py).")
     raft: RaftConfig = Field(default_factory=RaftConfig, description="Default RAFT settings (TRL SFTTrainer).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings shared by sft, "
+                               "reward_model, dpo and raft (gradient checkpointing, LoRA, multi-GPU).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
     rounds: dict[str, RoundConfig] = Field(default_factory=dict, description="Ordered rounds, each naming its 'prev'.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow model registry and promotion.")

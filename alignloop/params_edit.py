@@ -115,3 +115,35 @@ def edit_params(path: str | Path, *, rounds: int | None = None, overrides: dict[
     with atomic_file(path) as fh:
         fh.write(new_text)
     return {"changed": changed + [f"rounds.{n}" for n in added], "added_rounds": added, "params": params}
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> dotted keys of its leaves (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``). An empty mapping is a
+    leaf, so a preset can clear one (e.g. ``registry.gate.min: {}``); lists are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def read_preset(preset: str | Path) -> dict[str, Any]:
+    """A preset file (a partial params.yaml, e.g. configs/gpu-small.yaml) as dotted-key overrides."""
+    import yaml
+
+    preset = Path(preset)
+    if not preset.is_file():
+        raise ConfigError(f"{preset}: no such preset (fix: one of {sorted(str(p) for p in Path('configs').glob('*.yaml'))})")
+    raw = yaml.safe_load(preset.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{preset}: a preset is a mapping of params sections (fix: see configs/gpu-small.yaml)")
+    return flatten(raw)
+
+
+def apply_preset(path: str | Path, preset: str | Path) -> dict:
+    """Merge ``preset`` over params.yaml at ``path`` key by key (comments kept; keys it leaves out unchanged), after
+    validating the result as a whole. Returns :func:`edit_params`'s result."""
+    return edit_params(path, overrides=read_preset(preset))

@@ -132,7 +132,7 @@ def render(params: Params, raw: dict) -> dict:
     stages["sft"] = {
         "cmd": PY + "sft",
         "deps": TRAIN + ["alignloop/stages/sft.py", "data/models/base", "data/curated/sft.jsonl"],
-        "params": ["seed", "model", "sft"],
+        "params": ["seed", "model", "train", "sft"],
         "outs": ["data/models/sft"],
         "metrics": [{"data/models/sft.metrics.json": {"cache": False}}],
     }
@@ -145,7 +145,7 @@ def render(params: Params, raw: dict) -> dict:
     stages["reward_model"] = {
         "cmd": PY + "reward_model",
         "deps": rm_deps + (["alignloop/ensemble.py", "alignloop/lineage.py"] if len(rm_dirs) > 1 else []),
-        "params": ["seed", "model", "reward_model", "score.batch_size", "data.source"],
+        "params": ["seed", "model", "train", "reward_model", "score.batch_size", "data.source"],
         "outs": rm_dirs,
         "metrics": [{"data/models/rm.metrics.json": {"cache": False}}],
     }
@@ -196,7 +196,7 @@ def render(params: Params, raw: dict) -> dict:
                 "deps": TRAIN + ["alignloop/stages/dpo.py", "alignloop/stages/reward_model.py", "alignloop/lineage.py",
                                  *start_deps, *[r for r in ref_deps if r not in start_deps],
                                  "data/curated/prefs/train.jsonl" if offline else f"{d}/pairs.jsonl"],
-                "params": ["seed", "model", "dpo"] + algo_key + _round_keys(raw_rounds, name, ["dpo"]) + start_keys,
+                "params": ["seed", "model", "train", "dpo"] + algo_key + _round_keys(raw_rounds, name, ["dpo"]) + start_keys,
                 "outs": [f"{d}/policy"],
                 "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
             }
@@ -205,7 +205,7 @@ def render(params: Params, raw: dict) -> dict:
                 "cmd": PY + f"raft --round {name}",
                 "deps": TRAIN + ["alignloop/pairs.py", "alignloop/selection.py", "alignloop/stages/raft.py",
                                  "alignloop/lineage.py", *start_deps, f"{d}/samples.jsonl", f"{d}/scores.jsonl"],
-                "params": ["seed", "model", "raft"] + algo_key + _round_keys(raw_rounds, name, ["raft"]) + start_keys,
+                "params": ["seed", "model", "train", "raft"] + algo_key + _round_keys(raw_rounds, name, ["raft"]) + start_keys,
                 "outs": [f"{d}/raft.jsonl", f"{d}/policy"],
                 "metrics": [{f"{d}/train_metrics.json": {"cache": False}}],
             }

@@ -39,6 +39,13 @@ def stage_main(name: str, body: Callable[[Params, argparse.Namespace], None], *,
                 f"{args.params}: no round '{args.round}' under 'rounds' (fix: one of {[*extra_rounds, *params.rounds]}, "
                 "or add it and run `alignloop render`)"
             )
+        from alignloop.launch import maybe_relaunch
+
+        # More than one GPU visible: a training stage reruns itself as one accelerate worker per GPU and exits with
+        # their status (alignloop/launch.py); with one GPU or none this is None and the stage runs here.
+        code = maybe_relaunch(name, sys.argv[1:] if argv is None else list(argv), params.train.distributed)
+        if code is not None:
+            return code
         from alignloop.modeling import set_threads
 
         set_threads()
