@@ -16,9 +16,11 @@ import yaml
 PARTS = ("alignloop", "params.yaml", "data/curated", "data/models", "data/eval")
 
 
-def scratch_copy(project: Path, prefix: str) -> tuple[Path, dict]:
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    for part in PARTS:
+def scratch_copy(project: Path, prefix: str, parts: tuple[str, ...] = PARTS, work: Path | None = None) -> tuple[Path, dict]:
+    """Copy ``parts`` of ``project`` into ``work`` (default: a new temporary directory)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if work is None else work
+    work.mkdir(parents=True, exist_ok=True)
+    for part in parts:
         src = project / part
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / part)
     env = {**os.environ, "PYTHONPATH": str(work), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
