@@ -119,6 +119,8 @@ class SFTConfig(_Section):
     packing: bool = Field(False, description="Pack several demonstrations into each max_length row (TRL best-fit "
                           "packing, padding-free; sequence boundaries kept through position ids), so batch_size counts "
                           "packed rows. For long-tailed hub data on a GPU; off: one demonstration per row.")
+    checkpoint_every: int = Field(25, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
 
 
 class RewardModelConfig(_Section):
@@ -126,6 +128,8 @@ class RewardModelConfig(_Section):
     epochs: float = Field(8.0, gt=0, description="Passes over the preference pairs.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     batch_size: int = Field(32, gt=0, description="Pairs per optimizer step.")
+    checkpoint_every: int = Field(100, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
     ensemble: int = Field(1, ge=1, le=16, description="Reward models trained with seeds seed..seed+k-1 (data/models/rm, "
                           "rm-1, ...); the score stage combines them by score.aggregate.")
 
@@ -193,6 +197,8 @@ class DPOConfig(_Section):
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0, description="Passes over the round's pairs.")
     batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
+    checkpoint_every: int = Field(20, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
     ref: Literal["sft", "prev"] = Field("sft", description="Reference model: fixed at SFT, or the previous round's policy.")
     precompute_ref_log_probs: bool = Field(
         False, description="Compute the reference log-probs of every pair once before training (TRL), so the reference "
@@ -249,6 +255,8 @@ class RaftConfig(_Section):
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0, description="Passes over the selected responses.")
     batch_size: int = Field(16, gt=0, description="Examples per optimizer step.")
+    checkpoint_every: int = Field(20, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
 
 
 class EvaluateConfig(_Section):

@@ -42,6 +42,23 @@ def _batches(items: Sequence, size: int):
 
 
 @torch.no_grad()
+def check_prompt_lengths(path: str, prompts: list[dict], tokenizer, max_tokens: int, what: str) -> None:
+    """Every prompt, rendered with the chat template, must fit in ``max_tokens``: a longer one would lose its end
+    (the generation prompt) to truncation. A DataError lists each too-long prompt by file line."""
+    from alignloop.io import DataError, line_numbers
+
+    texts = [render_prompt(tokenizer, p["prompt"]) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    bad = [(p["id"], n) for p, n in zip(prompts, lengths) if n > max_tokens]
+    if bad:
+        lines = line_numbers(path)
+        shown = "\n".join(f"  {path}:{lines.get(i, '?')}: prompt {i!r} has {n} tokens > {max_tokens}" for i, n in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(f"{path}: {len(bad)} prompt(s) longer than the {max_tokens} tokens {what} leaves for the prompt:\n"
+                        f"{shown}{more}\n(fix: raise model.max_length, or lower curate.max_prompt_chars so curation "
+                        "drops such prompts (counted in its metrics), then `dvc repro`)")
+
+
 def sample(
     model,
     tokenizer,

@@ -70,7 +70,7 @@ def _id_field(row: dict, key: str = "id") -> str | None:
     if key not in row:
         return f"missing field '{key}' (fix: give every row a unique '{key}')"
     if not isinstance(row[key], (str, int)) or isinstance(row[key], bool):
-        return f"field '{key}' must be a string or integer, got {type(row[key]).__name__}"
+        return f"field '{key}' must be a string or integer, got {type(row[key]).__name__} (fix: correct the value)"
     return None
 
 
@@ -144,8 +144,13 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, dict | None, str | 
             yield line_no, raw.rstrip("\n"), row, None
 
 
-def split_rows(path: str | Path, validate: Validator, *, id_key: str | None = "id") -> tuple[list[dict], list[BadRow]]:
-    """Read a JSONL file into (good rows, bad rows). Duplicate ids after the first are bad rows."""
+SAMPLE_KEY = ("prompt_id", "sample_idx")  # what identifies a row of samples and scores files
+
+
+def split_rows(path: str | Path, validate: Validator, *, id_key: str | tuple[str, ...] | None = "id"
+               ) -> tuple[list[dict], list[BadRow]]:
+    """Read a JSONL file into (good rows, bad rows). Rows repeating an earlier row's ``id_key`` (a field, or a
+    tuple of fields such as SAMPLE_KEY) are bad rows."""
     good: list[dict] = []
     bad: list[BadRow] = []
     seen: dict[Any, int] = {}
@@ -153,9 +158,10 @@ def split_rows(path: str | Path, validate: Validator, *, id_key: str | None = "i
         if err is None:
             err = validate(row)
         if err is None and id_key is not None:
-            key = row[id_key]
+            key = row[id_key] if isinstance(id_key, str) else tuple(row[k] for k in id_key)
             if key in seen:
-                err = f"duplicate {id_key} {key!r} (first at line {seen[key]}) (fix: give every row a unique {id_key})"
+                name = id_key if isinstance(id_key, str) else "/".join(id_key)
+                err = f"duplicate {name} {key!r} (first at line {seen[key]}) (fix: give every row a unique {name})"
             else:
                 seen[key] = line_no
         if err is None:
@@ -165,7 +171,8 @@ def split_rows(path: str | Path, validate: Validator, *, id_key: str | None = "i
     return good, bad
 
 
-def read_jsonl(path: str | Path, validate: Validator | None = None, *, id_key: str | None = None, allow_empty: bool = False) -> list[dict]:
+def read_jsonl(path: str | Path, validate: Validator | None = None, *, id_key: str | tuple[str, ...] | None = None,
+               allow_empty: bool = False) -> list[dict]:
     """Read a JSONL file that a stage depends on; any bad row is an error listing every bad line."""
     good, bad = split_rows(path, validate or (lambda row: None), id_key=id_key)
     if bad:
@@ -175,6 +182,11 @@ def read_jsonl(path: str | Path, validate: Validator | None = None, *, id_key: s
     if not good and not allow_empty:
         raise DataError(f"{path}: the file has no rows (fix: check the stage that produced it, or the input data)")
     return good
+
+
+def line_numbers(path: str | Path, id_key: str = "id") -> dict[Any, int]:
+    """The line of each row's ``id_key`` in a (valid) JSONL file, for errors about rows found after reading."""
+    return {row[id_key]: line for line, _, row, err in iter_jsonl(path) if err is None and id_key in row}
 
 
 # --- atomic writing ---------------------------------------------------------------------------

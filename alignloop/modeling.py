@@ -115,7 +115,7 @@ def load_tokenizer(path: str | Path, model_cfg=None):
     from transformers import AutoTokenizer
 
     trust = bool(model_cfg and model_cfg.trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
+    tok = from_pretrained(AutoTokenizer, path, "a tokenizer", trust_remote_code=trust)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -128,28 +128,41 @@ def load_tokenizer(path: str | Path, model_cfg=None):
     return tok
 
 
+def from_pretrained(auto_class, path: str | Path, what: str, **kwargs):
+    """``auto_class.from_pretrained`` with the two refusals a user can hit turned into errors that say the fix:
+    no safetensors weights (pickled ``.bin`` checkpoints are never loaded: unpickling runs code), and a model that
+    needs its own code while ``model.trust_remote_code`` is off."""
+    try:
+        return auto_class.from_pretrained(str(path), **kwargs)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"{path}: cannot load {what} with safetensors weights ({str(exc).splitlines()[0]}). Fix: run the stage "
+            "that writes it (`dvc repro`), or convert the checkpoint to safetensors (pickled .bin files are refused)."
+        ) from None
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        from alignloop.config import ConfigError
+
+        raise ConfigError(
+            f"{path}: {what} needs code shipped with the checkpoint (config auto_map), and model.trust_remote_code is "
+            "false. Fix: use a model with a built-in transformers architecture, or — only if you have read and trust "
+            f"that code — set `model: {{trust_remote_code: true}}` in params.yaml."
+        ) from None
+
+
 def load_causal_lm(path: str | Path, model_cfg, *, local: bool = True):
     from transformers import AutoModelForCausalLM
 
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(path), **_load_kwargs(model_cfg, local=local))
-    except OSError as exc:
-        raise FileNotFoundError(
-            f"{path}: cannot load a causal LM with safetensors weights ({exc}). Fix: run the stage that writes it "
-            "(`dvc repro`), or convert the checkpoint to safetensors."
-        ) from None
+    return from_pretrained(AutoModelForCausalLM, path, "a causal LM", **_load_kwargs(model_cfg, local=local))
 
 
 def load_reward_model(path: str | Path, model_cfg):
     from transformers import AutoModelForSequenceClassification
 
-    try:
-        # num_labels=1: a scalar reward; from a causal-LM checkpoint this adds a fresh score head.
-        return AutoModelForSequenceClassification.from_pretrained(
-            str(path), num_labels=1, **_load_kwargs(model_cfg, local=True)
-        )
-    except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot load the reward model ({exc}). Fix: `dvc repro reward_model`.") from None
+    # num_labels=1: a scalar reward; from a causal-LM checkpoint this adds a fresh score head.
+    return from_pretrained(AutoModelForSequenceClassification, path, "the reward model", num_labels=1,
+                           **_load_kwargs(model_cfg, local=True))
 
 
 def to_device(model):

@@ -13,17 +13,13 @@ neither duplicate nor lose a version; sqlite's "database is locked" is retried.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from alignloop.tracking import DEFAULT_TRACKING_URI, content_hash
+from alignloop.tracking import DEFAULT_TRACKING_URI, content_hash, store_lock
 
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of champion moves, newest last
 HISTORY_KEEP = 40
@@ -45,23 +41,6 @@ def client():
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
-
-
-@contextlib.contextmanager
-def store_lock(uri: str | None = None) -> Iterator[None]:
-    """Exclusive lock for registry writes to a sqlite store (a no-op for a tracking server, which serialises)."""
-    uri = uri or tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".registry-lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _retry(fn, *args, attempts: int = 8, **kwargs):

@@ -6,9 +6,11 @@ Used by ``alignloop.stages.*`` only; the pure library never imports MLflow.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +50,39 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def store_lock(uri: str | None = None) -> Iterator[None]:
+    """Exclusive lock for a sqlite store shared by several pipelines (a no-op for a tracking server, which
+    serialises itself): held while one creates the store's schema or writes the registry."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".registry-lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|AUTH", re.I)
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """Values of environment variables whose names look secret (HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...)."""
+    env = os.environ if env is None else env
+    return [v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 6]
+
+
+def redact(values: dict[str, str], secrets: list[str]) -> dict[str, str]:
+    """Each value with any secret in it replaced by '***': nothing from a secret variable reaches MLflow, even when
+    it was pasted into params.yaml (a hub token in a URL, say)."""
+    return {k: "***" if any(sec in v for sec in secrets) else v for k, v in values.items()}
+
+
 class _Run:
     def __init__(self, mlflow_module):
         self._mlflow = mlflow_module
@@ -82,24 +117,26 @@ def stage_run(experiment: str, stage: str, params: dict, round_name: str | None 
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        artifact_root = Path(os.environ.get("ALIGNLOOP_ARTIFACT_ROOT", DEFAULT_ARTIFACT_ROOT)).resolve()
-        try:
+    # Two pipelines starting at once on a fresh sqlite store would both run its schema migrations and one would fail
+    # ("table already exists"): the first access (which creates the schema) and the experiment creation are serialised.
+    with store_lock(uri):
+        if mlflow.get_experiment_by_name(experiment) is None:
+            artifact_root = Path(os.environ.get("ALIGNLOOP_ARTIFACT_ROOT", DEFAULT_ARTIFACT_ROOT)).resolve()
             mlflow.create_experiment(experiment, artifact_location=artifact_root.as_uri())
-        except Exception:
-            pass  # another process created it first
-    mlflow.set_experiment(experiment)
+        mlflow.set_experiment(experiment)
     dvc_stage = stage if round_name is None else f"{stage}_{round_name}"
-    tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage}
+    # workdir: which working copy ran the stage, when several pipelines share one store.
+    tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage, "workdir": str(Path.cwd())}
     if round_name is not None:
         tags["round"] = round_name
     for path, md5 in dvc_dep_hashes(dvc_stage).items():
         tags[f"dvc_dep.{path}"] = md5
     run_name = dvc_stage
-    with mlflow.start_run(run_name=run_name, tags=tags):
-        flat = {k: v for k, v in _flatten(params).items()}
+    secrets = secret_values()
+    with mlflow.start_run(run_name=run_name, tags=redact(tags, secrets)):
+        flat = redact({k: str(v) for k, v in _flatten(params).items()}, secrets)
         # MLflow caps param values at 6000 chars and batches of 100.
-        items = [(k, str(v)[:500]) for k, v in flat.items()]
+        items = [(k, v[:500]) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i : i + 100]))
         yield _Run(mlflow)

@@ -8,12 +8,15 @@ the reference is exactly the model that produced ``prev``'s outputs.
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 from alignloop import io
 from alignloop.modeling import load_causal_lm, load_tokenizer
 from alignloop.stages._cli import stage_main
-from alignloop.stages._train import common_args, log_curves, loss_summary
+from alignloop.stages._train import (checkpoint_dir, common_args, log_curves, lora_config, loss_summary, save_trained,
+                                     throughput, train_resumable)
 from alignloop.stages.reward_model import to_conversational
 from alignloop.lineage import start_policy
 from alignloop.tracking import stage_run
@@ -39,23 +42,38 @@ def run(params, args) -> None:
         pairs = [p for i, p in enumerate(pairs) if i in keep]
     tokenizer = load_tokenizer(prev, params.model)
     model = load_causal_lm(prev, params.model)
-    ref = load_causal_lm(ref_dir, params.model)
-    config = DPOConfig(**common_args(params, lr=d.lr, epochs=d.epochs, batch_size=d.batch_size),
-                       beta=d.beta, loss_type=[d.loss_type], label_smoothing=d.label_smoothing)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=config,
+    peft = lora_config(params)
+    # When the reference is the start policy itself, TRL needs no second copy: with LoRA the adapter-disabled policy
+    # is it, and precomputed log-probs come from the policy before its first step. Otherwise (and always when neither
+    # is on, the default) the reference is loaded from its directory.
+    own_ref = Path(ref_dir).resolve() == Path(prev).resolve() and (peft is not None or d.precompute_ref_log_probs)
+    ref = None if own_ref else load_causal_lm(ref_dir, params.model)
+    ckpt = checkpoint_dir(f"dpo_{r}", params, {"dpo": d.model_dump(), "seed": params.seed, "round": r},
+                          [prev, ref_dir, source, __file__])
+    config = DPOConfig(**common_args(params, lr=d.lr, epochs=d.epochs, batch_size=d.batch_size, checkpoint=ckpt,
+                                     checkpoint_every=d.checkpoint_every),
+                       beta=d.beta, loss_type=[d.loss_type], label_smoothing=d.label_smoothing,
+                       precompute_ref_log_probs=d.precompute_ref_log_probs)  # False: TRL's default
+    trainer = DPOTrainer(model=model, ref_model=ref, args=config, peft_config=peft,
                          train_dataset=Dataset.from_list(to_conversational(pairs)), processing_class=tokenizer)
-    result = trainer.train()
+    if d.precompute_ref_log_probs and ref is not None:
+        # The reference log-probs are columns of the training set now and TRL reads them from there; drop its copy
+        # of the reference so training has that GPU memory (TRL itself only frees it under FSDP).
+        trainer.ref_model = ref = None
+    result = train_resumable(trainer, f"dpo {r}")
     out = f"data/rounds/{r}/policy"
-    with io.atomic_dir(out) as tmp:
-        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
-        tokenizer.save_pretrained(tmp)
+    stats = throughput(trainer, result)
+    if not save_trained(trainer, tokenizer, out):  # merges LoRA; False in accelerate workers other than the main one
+        return
     hist = trainer.state.log_history
-    metrics = {"pairs": len(pairs), "train_runtime_s": result.metrics["train_runtime"], **loss_summary(hist)}
+    metrics = {"pairs": len(pairs), "train_runtime_s": result.metrics["train_runtime"], **loss_summary(hist), **stats,
+               "reference_forward_in_training": not d.precompute_ref_log_probs}
     for key in ("rewards/accuracies", "rewards/margins"):
         vals = [h[key] for h in hist if key in h]
         if vals:
             metrics[key.replace("/", "_") + "_last"] = vals[-1]
     io.write_json(f"data/rounds/{r}/train_metrics.json", metrics)
+    shutil.rmtree(ckpt.parent, ignore_errors=True)  # the policy is saved: nothing left to resume
     print(f"dpo {r}: {len(pairs)} {d.pairs} pairs, beta {d.beta}, loss {metrics.get('loss_first', float('nan')):.3f} -> "
           f"{metrics.get('loss_last', float('nan')):.3f}; saved {out}/")
     with stage_run(params.experiment, "dpo", {"dpo": d.model_dump(), "prev": params.rounds[r].prev}, r) as run:

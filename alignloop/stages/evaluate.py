@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from alignloop import io
-from alignloop.inference import RewardEnsemble, response_logprobs, sample
+from alignloop.inference import RewardEnsemble, check_prompt_lengths, response_logprobs, sample
 from alignloop.metrics import (bootstrap_ci, distinct_n, kl_estimate, mean, overoptimisation_gap, pair_accuracy,
                                self_bleu, win_outcomes)
 from alignloop.modeling import load_causal_lm, load_tokenizer
@@ -46,6 +46,8 @@ def run(params, args) -> None:
     prompts = io.read_jsonl(PROMPTS, io.validate_prompt, id_key="id")
     policy_dir = params.policy_dir(name)
     tokenizer = load_tokenizer(policy_dir, params.model)
+    check_prompt_lengths(PROMPTS, prompts, tokenizer, params.model.max_length - e.max_new_tokens,
+                         f"model.max_length {params.model.max_length} - evaluate.max_new_tokens {e.max_new_tokens}")
     policy = load_causal_lm(policy_dir, params.model)
     rows = sample(policy, tokenizer, [(p["id"], p["prompt"]) for p in prompts], n=e.samples_per_prompt,
                   max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,

@@ -50,7 +50,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def run(params, args) -> None:
     from alignloop.backends import load_backend, resolve, spec_from
+    from alignloop.inference import check_prompt_lengths
     from alignloop.lineage import start_policy
+    from alignloop.modeling import load_tokenizer
     from alignloop.tracking import stage_run
 
     r = args.round
@@ -59,6 +61,8 @@ def run(params, args) -> None:
     prompts = io.read_jsonl(PROMPTS, io.validate_prompt, id_key="id")[: g.max_prompts]
     seed = params.seed * 1000 + list(params.rounds).index(r)
     max_prompt_tokens = params.model.max_length - g.max_new_tokens
+    check_prompt_lengths(PROMPTS, prompts, load_tokenizer(policy, params.model), max_prompt_tokens,
+                         f"model.max_length {params.model.max_length} - generate.max_new_tokens {g.max_new_tokens}")
     backend_kind = resolve(g.backend)
     settings = {"generate": g.model_dump(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
                 "model": params.model.model_dump(), "backend": backend_kind}
@@ -120,7 +124,12 @@ def run(params, args) -> None:
 
 
 def _uniform(cache: Path, num_batches: int, batches) -> tuple[list[dict], int]:
-    """n per prompt: merge the cached shards that match, compute the batches between them."""
+    """n per prompt: merge the cached shards that match, compute the missing batches one at a time.
+
+    Each computed batch is written (atomically) into the shard cache before the next starts, so a killed stage
+    resumes at the first missing batch: the rerun merges what is there and computes the rest. The shard files'
+    names are their batch ranges; a half-written file is a hidden temp file and never matches the glob.
+    """
     done: dict[int, tuple[int, Path]] = {}
     for f in sorted(cache.glob("b*-*.jsonl")) if cache.is_dir() else []:
         start, end = (int(x) for x in f.stem[1:].split("-"))
@@ -130,11 +139,13 @@ def _uniform(cache: Path, num_batches: int, batches) -> tuple[list[dict], int]:
     while b < num_batches:
         if b in done:
             end, f = done[b]
-            rows += io.read_jsonl(f, io.validate_sample, allow_empty=True)
+            rows += io.read_jsonl(f, io.validate_sample, id_key=io.SAMPLE_KEY, allow_empty=True)
             merged += 1
-        else:  # compute up to the next cached shard
-            end = min([s for s in done if s > b], default=num_batches)
-            rows += batches(b, end)
+        else:
+            end = b + 1
+            batch = batches(b, end)
+            io.write_jsonl(cache / f"b{b:06d}-{end:06d}.jsonl", batch)
+            rows += batch
         b = end
     return rows, merged
 
@@ -179,7 +190,7 @@ def _prev_variance(params, r, g, prompts, get_backend, seed, max_prompt_tokens) 
     prev = params.rounds[r].prev
     by_prompt: dict = defaultdict(list)
     if prev != "sft" and params.rounds[prev].algo != "ppo":  # ppo rounds sample inside their stage, keep no scores
-        for row in io.read_jsonl(f"data/rounds/{prev}/scores.jsonl", io.validate_score):
+        for row in io.read_jsonl(f"data/rounds/{prev}/scores.jsonl", io.validate_score, id_key=io.SAMPLE_KEY):
             by_prompt[row["prompt_id"]].append(row["reward"])
     if by_prompt:
         want = allocate_expected_range([reward_variance(by_prompt.get(p["id"], [])) ** 0.5 for p in prompts], total,

@@ -29,8 +29,8 @@ def _strategy(params, r: str, p):
 def read_groups(r: str) -> dict:
     """A round's samples joined with their scores, by prompt (alignloop.pairs.group_by_prompt); a sample without a
     score is a DataError naming the scores file."""
-    samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample)
-    scores = io.read_jsonl(f"data/rounds/{r}/scores.jsonl", io.validate_score)
+    samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample, id_key=io.SAMPLE_KEY)
+    scores = io.read_jsonl(f"data/rounds/{r}/scores.jsonl", io.validate_score, id_key=io.SAMPLE_KEY)
     try:
         return group_by_prompt(samples, scores)
     except KeyError as exc:

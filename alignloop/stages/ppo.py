@@ -29,13 +29,14 @@ def load_value_model(path: str, model_cfg):
     weights carry over, so values start as the reward model's score of each prefix."""
     from transformers import AutoModelForTokenClassification
 
-    from alignloop.modeling import _load_kwargs
+    from alignloop.modeling import _load_kwargs, from_pretrained
 
-    return AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, **_load_kwargs(model_cfg, local=True))
+    return from_pretrained(AutoModelForTokenClassification, path, "the value model", num_labels=1,
+                           **_load_kwargs(model_cfg, local=True))
 
 
 def run(params, args) -> None:
-    from alignloop.inference import RewardEnsemble
+    from alignloop.inference import RewardEnsemble, check_prompt_lengths
     from alignloop.lineage import reward_model_dirs, start_policy
     from alignloop.modeling import load_causal_lm, load_tokenizer, to_device
     from alignloop.ppo import PPOTrainer, train
@@ -46,7 +47,8 @@ def run(params, args) -> None:
     start = start_policy(params, r)
     ref_dir = params.policy_dir("sft") if c.ref == "sft" else start
     rm_dirs = reward_model_dirs(params)
-    prompts = [p["prompt"] for p in io.read_jsonl(PROMPTS, io.validate_prompt, id_key="id")[: c.max_prompts]]
+    rows = io.read_jsonl(PROMPTS, io.validate_prompt, id_key="id")[: c.max_prompts]
+    prompts = [p["prompt"] for p in rows]
     seed = params.seed * 1000 + list(params.rounds).index(r)
     cfg = SimpleNamespace(**c.model_dump(), max_prompt_tokens=params.model.max_length - c.max_new_tokens)
 
@@ -60,6 +62,8 @@ def run(params, args) -> None:
             shutil.rmtree(stale, ignore_errors=True)  # another input or setting: never resumed from
 
     tokenizer = load_tokenizer(start, params.model)
+    check_prompt_lengths(PROMPTS, rows, tokenizer, cfg.max_prompt_tokens,
+                         f"model.max_length {params.model.max_length} - ppo.max_new_tokens {c.max_new_tokens}")
     policy = to_device(load_causal_lm(start, params.model))
     ref = to_device(load_causal_lm(ref_dir, params.model))
     value = to_device(load_value_model(rm_dirs[0] if c.value_init == "reward_model" else start, params.model))

@@ -7,6 +7,7 @@ tokens only, like the sft stage. Outputs: ``raft.jsonl`` (the selected demonstra
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 from alignloop import io
@@ -28,7 +29,8 @@ def run(params, args) -> None:
 
     from alignloop.lineage import start_policy
     from alignloop.modeling import as_messages, load_causal_lm, load_tokenizer
-    from alignloop.stages._train import common_args, log_curves, loss_summary
+    from alignloop.stages._train import (checkpoint_dir, common_args, log_curves, lora_config, loss_summary,
+                                         save_trained, throughput, train_resumable)
     from alignloop.tracking import stage_run
 
     r = args.round
@@ -45,16 +47,21 @@ def run(params, args) -> None:
     model = load_causal_lm(start, params.model)
     dataset = Dataset.from_list([{"prompt": as_messages(x["prompt"]),
                                   "completion": [{"role": "assistant", "content": x["response"]}]} for x in rows])
-    config = SFTConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size), completion_only_loss=True)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    result = trainer.train()
+    ckpt = checkpoint_dir(f"raft_{r}", params, {"raft": c.model_dump(), "seed": params.seed},
+                          [start, f"data/rounds/{r}/raft.jsonl", __file__])
+    config = SFTConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, checkpoint=ckpt,
+                                     checkpoint_every=c.checkpoint_every), completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(params))  # None unless train.lora.enabled
+    result = train_resumable(trainer, f"raft {r}")
     out = f"data/rounds/{r}/policy"
-    with io.atomic_dir(out) as tmp:
-        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
-        tokenizer.save_pretrained(tmp)
+    stats = throughput(trainer, result)
+    if not save_trained(trainer, tokenizer, out):  # merges LoRA; False in accelerate workers other than the main one
+        return
     metrics = {"selected": len(rows), "samples": sum(map(len, groups.values())), "selected_reward_mean": sum(x["reward"] for x in rows) / len(rows),
-               "train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history)}
+               "train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history), **stats}
     io.write_json(f"data/rounds/{r}/train_metrics.json", metrics)
+    shutil.rmtree(ckpt.parent, ignore_errors=True)  # the policy is saved: nothing left to resume
     print(f"raft {r}: {len(rows)} of {metrics['samples']} samples (mean reward {metrics['selected_reward_mean']:.3f}), loss "
           f"{metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f}; saved {out}/")
     with stage_run(params.experiment, "raft", {"raft": c.model_dump(), "prev": params.rounds[r].prev}, r) as run_:

@@ -8,6 +8,7 @@ will actually be optimised against.
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 from alignloop import io
@@ -15,7 +16,8 @@ from alignloop.inference import reward_scores
 from alignloop.metrics import pair_accuracy
 from alignloop.modeling import as_messages, load_reward_model, load_tokenizer
 from alignloop.stages._cli import stage_main
-from alignloop.stages._train import common_args, log_curves, loss_summary
+from alignloop.stages._train import (CKPT_ROOT, checkpoint_dir, common_args, log_curves, lora_config, loss_summary,
+                                     save_trained, throughput, train_resumable)
 from alignloop.tracking import stage_run
 
 TRAIN = "data/curated/prefs/train.jsonl"
@@ -63,11 +65,14 @@ def train_member(params, seed: int, train_rows: list[dict], init: str):
     model = load_reward_model(init, params.model)  # fresh 1-output score head on the backbone
     model.config.pad_token_id = tokenizer.pad_token_id
     c = params.reward_model
-    config = RewardConfig(**{**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size),
+    ckpt = checkpoint_dir(f"reward_model/seed{seed}", params, {"reward_model": c.model_dump(), "seed": seed},
+                          [init, TRAIN, __file__])
+    config = RewardConfig(**{**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, checkpoint=ckpt,
+                                           checkpoint_every=c.checkpoint_every),
                              "seed": seed, "data_seed": seed})
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(to_conversational(train_rows)),
-                            processing_class=tokenizer)
-    result = trainer.train()
+                            processing_class=tokenizer, peft_config=lora_config(params, reward_model=True))
+    result = train_resumable(trainer, f"reward_model seed {seed}")
     return trainer, tokenizer, result
 
 
@@ -81,26 +86,31 @@ def run(params, args) -> None:
     outs = reward_model_dirs(params)
     metrics: dict = {"train_pairs": len(train_rows), "ensemble": len(outs)}
     member_eval: list[tuple[list[float], list[float]]] = []
+    member_logs: list[tuple[str, list[dict], dict]] = []
     for k, out in enumerate(outs):
         # Members differ only by seed (head init, data order): the ensemble of "Reward Model Ensembles Help
         # Mitigate Overoptimization". Member 0 is exactly the single reward model of ensemble: 1.
         trainer, tokenizer, result = train_member(params, params.seed + k, train_rows, init)
         acc, scores = heldout_accuracy(trainer.model, tokenizer, eval_rows, params)
         member_eval.append(scores)
-        m = {"train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history), **acc}
+        m = {"train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history), **acc,
+             **throughput(trainer, result)}
         metrics.update(m if k == 0 else {f"member{k}_{key}": v for key, v in m.items()})
-        with io.atomic_dir(out) as tmp:
-            trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
-            tokenizer.save_pretrained(tmp)
-        with stage_run(params.experiment, "reward_model" if k == 0 else f"reward_model_member{k}",
-                       params.model_dump(include={"reward_model", "model", "seed"})) as run_:
-            log_curves(run_, trainer.state.log_history, ("loss", "accuracy", "margin"))
-            run_.log_metrics(m)
+        main = save_trained(trainer, tokenizer, out)  # merges LoRA; False in accelerate workers but the main one
+        member_logs.append(("reward_model" if k == 0 else f"reward_model_member{k}", trainer.state.log_history, m))
     if len(outs) > 1 and eval_rows:  # the members' mean (score.aggregate is the score stage's business, not ours)
         chosen = aggregate([c for c, _ in member_eval], "mean")
         rejected = aggregate([r for _, r in member_eval], "mean")
         metrics["ensemble_eval_accuracy"] = pair_accuracy(chosen, rejected)
+    if not main:  # accelerate worker other than the main process: outputs and MLflow runs are the main one's
+        return
     io.write_json(f"{OUT}.metrics.json", metrics)
+    shutil.rmtree(CKPT_ROOT / "reward_model", ignore_errors=True)  # every member is saved: nothing left to resume
+    # One MLflow run per member, logged once all are saved: a run killed after member 0 and resumed logs each once.
+    for name, history, m in member_logs:
+        with stage_run(params.experiment, name, params.model_dump(include={"reward_model", "model", "seed"})) as run_:
+            log_curves(run_, history, ("loss", "accuracy", "margin"))
+            run_.log_metrics(m)
     print(f"reward_model: {len(outs)} model(s) on {len(train_rows)} pairs, held-out accuracy "
           f"{metrics.get('eval_accuracy', float('nan')):.3f}"
           + (f", vs gold {metrics['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in metrics else "")

@@ -19,7 +19,7 @@ from alignloop.tracking import stage_run
 def run(params, args) -> None:
     r = args.round
     s = params.round_section(r, "score")
-    samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample)
+    samples = io.read_jsonl(f"data/rounds/{r}/samples.jsonl", io.validate_sample, id_key=io.SAMPLE_KEY)
     rewards, members = RewardEnsemble.from_params(params, s)([x["prompt"] for x in samples],
                                                               [x["response"] for x in samples], desc=f"score {r}")
     rows = [{"prompt_id": x["prompt_id"], "sample_idx": x["sample_idx"], "reward": rw} for x, rw in zip(samples, rewards)]

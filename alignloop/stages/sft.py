@@ -6,12 +6,14 @@ so generation later sees the same prompt tokens.
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 from alignloop import io
 from alignloop.modeling import as_messages, load_causal_lm, load_tokenizer
 from alignloop.stages._cli import stage_main
-from alignloop.stages._train import common_args, log_curves, loss_summary
+from alignloop.stages._train import (checkpoint_dir, common_args, log_curves, lora_config, loss_summary, save_trained,
+                                     throughput, train_resumable)
 from alignloop.tracking import stage_run
 
 BASE = "data/models/base"
@@ -31,16 +33,20 @@ def run(params, args) -> None:
     tokenizer = load_tokenizer(BASE, params.model)
     model = load_causal_lm(BASE, params.model)
     c = params.sft
-    config = SFTConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, warmup_ratio=c.warmup_ratio),
-                       completion_only_loss=True)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    result = trainer.train()
-    with io.atomic_dir(OUT) as tmp:
-        trainer.model.save_pretrained(tmp)  # safetensors weights + config; no pickled training_args.bin
-        tokenizer.save_pretrained(tmp)
+    ckpt = checkpoint_dir("sft", params, params.model_dump(include={"sft", "seed"}), [BASE, DATA, __file__])
+    config = SFTConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, warmup_ratio=c.warmup_ratio,
+                                     checkpoint=ckpt, checkpoint_every=c.checkpoint_every),
+                       completion_only_loss=True, packing=c.packing)  # packing False: TRL's default
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(params))  # None unless train.lora.enabled
+    result = train_resumable(trainer, "sft")
+    stats = throughput(trainer, result)
+    if not save_trained(trainer, tokenizer, OUT):  # merges LoRA; False in accelerate workers other than the main one
+        return
     metrics = {"train_examples": len(rows), "train_runtime_s": result.metrics["train_runtime"],
-               **loss_summary(trainer.state.log_history)}
+               **loss_summary(trainer.state.log_history), **stats}
     io.write_json(f"{OUT}.metrics.json", metrics)
+    shutil.rmtree(ckpt.parent, ignore_errors=True)  # the model is saved: nothing left to resume
     print(f"sft: {len(rows)} examples, loss {metrics.get('loss_first', float('nan')):.3f} -> "
           f"{metrics.get('loss_last', float('nan')):.3f}; saved {OUT}/")
     with stage_run(params.experiment, "sft", params.model_dump(include={"sft", "model", "seed"})) as run:
