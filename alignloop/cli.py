@@ -73,7 +73,7 @@ def cmd_preset(args) -> int:
     import json
     import shlex
 
-    from alignloop.params_edit import apply_preset, read_preset
+    from alignloop.params_edit import edit_params, read_preset
     from alignloop.render import render_file
 
     overrides = read_preset(args.file)
@@ -81,7 +81,7 @@ def cmd_preset(args) -> int:
         sets = [shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in overrides.items()]
         print("dvc exp run " + " ".join(f"-S {s}" for s in sets))
         return 0
-    result = apply_preset(args.params, args.file)
+    result = edit_params(args.params, overrides=overrides)  # what apply_preset does, without reading the file again
     print(f"{args.params}: {len(result['changed'])} key(s) changed by {args.file}")
     for key in result["changed"]:
         print(f"  {key} = {overrides[key]!r}")

@@ -99,7 +99,7 @@ def common_args(params, *, lr: float, epochs: float, batch_size: int, warmup_rat
         warmup_steps=warmup_ratio,
         logging_steps=5,
         save_strategy="steps" if save else "no",
-        save_steps=checkpoint_every if save else 500,
+        **({"save_steps": checkpoint_every} if save else {}),
         save_total_limit=2,  # the newest may be unmarked (killed while writing); keep the one before it
         report_to="none",
         seed=params.seed,
