@@ -3,18 +3,32 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU machines: the local torch 2.13.0 CPU wheel, no CUDA packages. GPU machines: CONSTRAINTS= (see README).
+# CPU machines install the exact versions (with hashes) of requirements-cpu.lock: the ones the committed demo was made
+# with (Linux x86_64, Python 3.11, the local torch 2.13.0 CPU wheel). GPU machines: LOCK= (see README).
+LOCK ?= requirements-cpu.lock
 CONSTRAINTS ?= constraints-cpu.txt
-PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+PIP := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: setup init demo test repro clean-data
+.PHONY: setup init demo test test-fast repro lock clean-data
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check $(PIP_C) -e '.[test]'
+ifneq ($(LOCK),)
+	$(PIP) install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+else
+	$(PIP) install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),) -e '.[test]'
+endif
 	touch $@
+
+# Refresh requirements-cpu.lock after changing dependencies in pyproject.toml or constraints-cpu.txt, then re-record
+# the demo (README "Reproducing").
+lock:
+	$(PYTHON) -m pip install --quiet pip-tools
+	$(PYTHON) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra test \
+	  --no-emit-find-links --no-emit-index-url -c constraints-cpu.txt -o requirements-cpu.lock pyproject.toml
 
 # A git repo and a DVC project are part of set-up where missing (e.g. from a source tarball).
 init: setup
@@ -31,6 +45,10 @@ demo: repro
 
 test: init
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && python -m pytest -q
+
+# Unit and pure-function tests only (no pipeline projects, no subprocess stages): the inner loop.
+test-fast: init
+	export PATH="$(CURDIR)/$(BIN):$$PATH" && python -m pytest -q -m "not slow"
 
 clean-data:
 	rm -rf data/raw data/curated data/models data/rounds data/eval data/report dvc.lock mlflow.db mlartifacts
