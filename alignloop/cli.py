@@ -8,45 +8,37 @@ from pathlib import Path
 
 import yaml
 
-from alignloop.config import ConfigError, field_help, load_params
-
-STAGE_SECTIONS = {
-    "prepare": ["seed", "task"],
-    "curate": ["seed", "data", "curate"],
-    "base": ["seed", "model"],
-    "sft": ["seed", "model", "train", "sft"],
-    "reward_model": ["seed", "model", "train", "reward_model"],
-    "generate": ["seed", "model", "generate"],
-    "score": ["model", "score"],
-    "pairs": ["pairs"],
-    "dpo": ["seed", "model", "train", "dpo"],
-    "ppo": ["seed", "model", "ppo", "score", "reward_model"],
-    "raft": ["seed", "model", "train", "raft"],
-    "evaluate": ["model", "evaluate"],
-    "register": ["experiment", "registry"],
-}
-
+from alignloop.core.config import ConfigError, field_help, load_params
 
 def cmd_config(args) -> int:
+    """The effective, validated config: all of it, or exactly the values one stage reads (from its spec)."""
     params = load_params(args.params)
+    resolved = params.resolved()
     if args.stage is None:
         out = params.model_dump(mode="json")
-    elif args.stage not in STAGE_SECTIONS:
-        raise ConfigError(f"unknown stage '{args.stage}' (fix: one of {sorted(STAGE_SECTIONS)})")
     else:
-        out = {k: v for k, v in params.model_dump(mode="json").items() if k in STAGE_SECTIONS[args.stage]}
-        if args.round:
-            if args.round not in params.rounds:
-                raise ConfigError(f"no round '{args.round}' (fix: one of {list(params.rounds)})")
-            for section in ("generate", "score", "pairs", "dpo"):
-                if section in out:
-                    out[section] = params.round_section(args.round, section).model_dump(mode="json")
+        from alignloop.pipeline.specs import Ctx, all_specs
+
+        specs = {s.name: s for s in all_specs()}
+        spec = specs.get(args.stage)
+        if spec is None:
+            raise ConfigError(f"unknown stage '{args.stage}' (fix: one of {sorted(specs)})")
+        if spec.scope == "round" and not args.round:
+            raise ConfigError(f"stage '{args.stage}' runs once per round (fix: add --round, one of {list(params.rounds)})")
+        if args.round and args.round not in params.rounds:
+            raise ConfigError(f"no round '{args.round}' (fix: one of {list(params.rounds)})")
+        out = {}
+        for key in spec.param_keys(Ctx(params, args.round if spec.scope == "round" else None)):
+            node = resolved
+            for part in key.split("."):
+                node = node[part]
+            out[key.split(".", 2)[2] if key.startswith("rounds.") else key] = node  # a round's: its effective value
     print(yaml.safe_dump(out, sort_keys=False), end="")
     return 0
 
 
 def cmd_render(args) -> int:
-    from alignloop.render import render_file, stale_message
+    from alignloop.pipeline.render import stale_message, write_rendered
 
     if args.check:
         msg = stale_message(args.params, args.output)
@@ -55,9 +47,8 @@ def cmd_render(args) -> int:
             return 1
         print(f"{args.output} is up to date with {args.params}")
         return 0
-    text = render_file(args.params)
-    Path(args.output).write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
+    changed = write_rendered(args.params, args.output)
+    print(f"wrote {', '.join(map(str, changed))}" if changed else f"{args.output} is up to date with {args.params}")
     return 0
 
 
@@ -73,26 +64,28 @@ def cmd_preset(args) -> int:
     import json
     import shlex
 
-    from alignloop.params_edit import edit_params, read_preset
-    from alignloop.render import render_file
+    from alignloop.pipeline.params_edit import edit_params, read_preset
+    from alignloop.pipeline.render import write_rendered
 
     overrides = read_preset(args.file)
-    if args.dvc_exp:  # the same keys as `dvc exp run -S` options (values are YAML; JSON is valid YAML)
-        sets = [shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in overrides.items()]
-        print("dvc exp run " + " ".join(f"-S {s}" for s in sets))
+    if args.dvc_exp:
+        # The stages read params.resolved.yaml, which only `alignloop render` writes: `dvc exp run -S key=value` edits
+        # params.yaml alone and would leave the stages' params unchanged. An experiment applies the preset first.
+        print(f"alignloop preset {shlex.quote(str(args.file))}   # params.yaml, dvc.yaml, params.resolved.yaml\n"
+              "dvc exp run")
+        print("# keys: " + ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()))
         return 0
     result = edit_params(args.params, overrides=overrides)  # what apply_preset does, without reading the file again
     print(f"{args.params}: {len(result['changed'])} key(s) changed by {args.file}")
     for key in result["changed"]:
         print(f"  {key} = {overrides[key]!r}")
-    dvc = Path(args.params).with_name("dvc.yaml")
-    dvc.write_text(render_file(args.params), encoding="utf-8")
-    print(f"wrote {dvc}; next: dvc repro")
+    changed = write_rendered(args.params)
+    print(f"wrote {', '.join(map(str, changed)) or 'nothing new'}; next: dvc repro")
     return 0
 
 
 def cmd_registry(args) -> int:
-    from alignloop import registry
+    from alignloop.pipeline import registry
 
     name = args.model or load_params(args.params).model_name
     if args.action == "list":
@@ -127,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--stage", help="only the sections this stage reads")
     p.add_argument("--round", help="with --stage: apply this round's overrides")
     p.set_defaults(fn=cmd_config)
-    p = sub.add_parser("render", help="write dvc.yaml from params.yaml (--check: fail if stale)")
+    p = sub.add_parser("render", help="write dvc.yaml and params.resolved.yaml from params.yaml (--check: fail if stale)")
     p.add_argument("--check", action="store_true")
     p.add_argument("--output", default="dvc.yaml")
     p.set_defaults(fn=cmd_render)
@@ -139,7 +132,7 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_registry)
     p = sub.add_parser("preset", help="merge a preset (e.g. configs/gpu-small.yaml) over params.yaml and re-render")
     p.add_argument("file", help="preset YAML: a partial params.yaml")
-    p.add_argument("--dvc-exp", action="store_true", help="only print the equivalent `dvc exp run -S ...` command")
+    p.add_argument("--dvc-exp", action="store_true", help="only print how to run the preset as a DVC experiment")
     p.set_defaults(fn=cmd_preset)
     p = sub.add_parser("params-ref", help="print the params reference (markdown)")
     p.set_defaults(fn=cmd_params_ref)
@@ -150,7 +143,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # registry errors (and MLflow's own "not found") as one clear line
-        from alignloop.registry import RegistryError
+        from alignloop.pipeline.registry import RegistryError
 
         if isinstance(exc, RegistryError) or type(exc).__name__ == "MlflowException":
             print(f"error: {exc}", file=sys.stderr)

@@ -3,8 +3,8 @@
 No hub access on the GPU machines, so the model is built from config: a Llama of ~113M parameters
 (hidden 768, 12 layers, 12 heads, MLP 3072) with the tokenizer trained on the embedded corpus, random weights,
 saved as safetensors in bf16. Random weights rarely emit EOS, so both backends generate close to
---max-new-tokens per sample; tokens are counted identically (alignloop.inference.finish_row). Each backend runs
-through alignloop.backends exactly as the generate stage calls it. Needs a CUDA GPU and `pip install -e '.[vllm]'`.
+--max-new-tokens per sample; tokens are counted identically (alignloop.ml.inference.finish_row). Each backend runs
+through alignloop.ml.backends exactly as the generate stage calls it. Needs a CUDA GPU and `pip install -e '.[vllm]'`.
 
     python bench/backends_gpu.py --prompts 512 --n 8 --max-new-tokens 128
 """
@@ -36,10 +36,10 @@ def main() -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))
-    from alignloop.backends import HFBackend, SamplingSpec, VLLMBackend
-    from alignloop.config import ArchConfig, ModelConfig
-    from alignloop.modeling import build_tiny_model, train_tokenizer
-    from alignloop.task import make_corpus
+    from alignloop.ml.backends import HFBackend, SamplingSpec, VLLMBackend
+    from alignloop.core.config import ArchConfig, ModelConfig
+    from alignloop.ml.modeling import build_tiny_model, train_tokenizer
+    from alignloop.core.synthetic import make_corpus
 
     corpus = make_corpus(num_prompts=max(a.prompts, 480), sft_per_prompt=2, pairs_per_prompt=1,
                          annotator_temperature=0.5, good_demo_fraction=0.35, seed=0)

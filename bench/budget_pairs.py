@@ -4,11 +4,11 @@ On a finished embedded pipeline (default: this repo after `make demo`): draws ``
 prompt from the policy round ``--round`` starts from, scores them with the reward model, then compares
   uniform:  the first n samples of every prompt (total n * P),
   budget_variance:  the first a_i samples of prompt i, a = allocate(variance of prompt i's rewards in the
-            previous round, total n * P, min_n, n_max)  (alignloop.budget),
+            previous round, total n * P, min_n, n_max)  (alignloop.core.budget),
   budget_expected_range:  a = allocate_expected_range(std of those rewards, ...): greedy on expected margin gain
             (what generate.budget.strategy prev_variance runs),
   adaptive: min_n per prompt, then one more at a time to prompts whose margin is still below --target
-            (alignloop.budget.next_wave, what strategy adaptive runs), taken from the same pool in draw order,
+            (alignloop.core.budget.next_wave, what strategy adaptive runs), taken from the same pool in draw order,
 by the share of prompts whose best-vs-worst margin reaches each threshold, and the samples each arm used. The first k of n i.i.d. samples are
 k i.i.d. samples, so one draw of n_max serves both arms.
 
@@ -28,7 +28,7 @@ from _out import write_result  # noqa: E402
 
 
 def margins(groups: dict, counts: dict) -> dict:
-    from alignloop.pairs import max_min_pair
+    from alignloop.core.pairs import max_min_pair
 
     out = {}
     for pid, cands in groups.items():
@@ -50,21 +50,21 @@ def main() -> int:
     import os
 
     os.chdir(a.project)
-    from alignloop import io
-    from alignloop.budget import allocate, allocate_expected_range, next_wave, reward_variance
-    from alignloop.config import load_params
-    from alignloop.inference import reward_scores, sample
-    from alignloop.lineage import start_policy
-    from alignloop.modeling import load_causal_lm, load_reward_model, load_tokenizer, set_threads
+    from alignloop.core import files
+    from alignloop.core.budget import allocate, allocate_expected_range, next_wave, reward_variance
+    from alignloop.core.config import load_params
+    from alignloop.ml.inference import reward_scores, sample
+    from alignloop.pipeline.lineage import start_policy
+    from alignloop.ml.modeling import load_causal_lm, load_reward_model, load_tokenizer, set_threads
 
     set_threads()
     params = load_params("params.yaml")
     prev = params.rounds[a.round].prev
-    prev_scores = io.read_jsonl(f"data/rounds/{prev}/scores.jsonl")
+    prev_scores = files.read_jsonl(f"data/rounds/{prev}/scores.jsonl")
     by_prompt = defaultdict(list)
     for row in prev_scores:
         by_prompt[row["prompt_id"]].append(row["reward"])
-    prompts = io.read_jsonl("data/curated/prompts/train.jsonl", io.validate_prompt, id_key="id")
+    prompts = files.read_jsonl("data/curated/prompts/train.jsonl", files.validate_prompt, id_key="id")
     policy = start_policy(params, a.round)
     tok, model = load_tokenizer(policy, params.model), load_causal_lm(policy, params.model)
     g = params.round_section(a.round, "generate")

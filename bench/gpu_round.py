@@ -3,7 +3,7 @@ wall-time split of the round.
 
 In a scratch project (a copy of alignloop/, params.yaml and configs/ with the preset merged over params.yaml) it runs
 the stages DVC would run, in dvc.yaml order: prepare … sft, reward_model, evaluate_sft (set-up), then the round's
-generate → score → pairs → dpo → evaluate, each as its own `python -m alignloop.stages.<name>` process (timed).
+generate → score → pairs → dpo → evaluate, each as its own `python -m alignloop.pipeline.stages.<name>` process (timed).
 
 Throughput and MFU per training stage, from the stage's own metrics json:
   * tokens: the non-padding tokens the trained model ran forward and backward on (TRL's count: attention-mask sum
@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from _out import write_result  # noqa: E402
 from _scratch import run_stage, scratch_copy, set_params  # noqa: E402
 
-from alignloop.config import merge  # noqa: E402
+from alignloop.core.config import merge  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name substring, most specific first.
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))

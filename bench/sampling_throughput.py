@@ -1,7 +1,7 @@
 """Output tokens/s of the sampling stage's code vs a bare batched `model.generate` loop vs one sample at a time.
 
 Same model, prompts, n, max_new_tokens, temperature and batch size for every arm; tokens are counted the same way
-(response tokens up to and including EOS). The stage's path (`alignloop.backends.HFBackend`, i.e. `alignloop.inference.sample`) adds chat
+(response tokens up to and including EOS). The stage's path (`alignloop.ml.backends.HFBackend`, i.e. `alignloop.ml.inference.sample`) adds chat
 rendering, seeding, per-row decoding and the row dicts of the samples contract; the bare loop is what a
 hand-written script would do. Run on a finished embedded pipeline (default: this repo after `make demo`).
 
@@ -42,16 +42,16 @@ def main() -> int:
     import os
 
     os.chdir(REPO)
-    from alignloop import io
-    from alignloop.config import load_params
-    from alignloop.backends import HFBackend, SamplingSpec
-    from alignloop.modeling import load_causal_lm, load_tokenizer, render_prompt, set_threads
+    from alignloop.core import files
+    from alignloop.core.config import load_params
+    from alignloop.ml.backends import HFBackend, SamplingSpec
+    from alignloop.ml.modeling import load_causal_lm, load_tokenizer, render_prompt, set_threads
 
     set_threads()
     params = load_params("params.yaml")
     tok, model = load_tokenizer(a.policy, params.model), load_causal_lm(a.policy, params.model)
     model.eval()
-    prompts = io.read_jsonl("data/curated/prompts/train.jsonl", io.validate_prompt, id_key="id")[: a.prompts]
+    prompts = files.read_jsonl("data/curated/prompts/train.jsonl", files.validate_prompt, id_key="id")[: a.prompts]
     pairs = [(p["id"], p["prompt"]) for p in prompts]
     max_prompt = params.model.max_length - a.max_new_tokens
     gen_kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=a.max_new_tokens,
@@ -90,7 +90,7 @@ def main() -> int:
         return total
 
     results = {}
-    for name, fn, items in (("stage (alignloop.backends.HFBackend)", stage_arm, pairs), ("bare batched generate", bare_arm, pairs),
+    for name, fn, items in (("stage (alignloop.ml.backends.HFBackend)", stage_arm, pairs), ("bare batched generate", bare_arm, pairs),
                             ("one sample at a time", per_sample_arm, pairs[: a.per_sample_prompts])):
         best = 0.0
         for _ in range(a.repeats):  # best of N: the least disturbed run on a shared machine

@@ -21,9 +21,9 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from alignloop.config import Params, load_params
-from alignloop.params_edit import edit_params
-from alignloop.render import render_file
+from alignloop.core.config import Params, load_params
+from alignloop.pipeline.params_edit import edit_params
+from alignloop.pipeline.render import write_rendered
 from flows.plan import Plan, must_run, read_plan
 from tasks._proc import stage_env
 from tasks.artifacts import publish_pipeline, publish_round
@@ -39,11 +39,8 @@ def apply_run_params(project_dir: str, rounds: int | None, overrides: dict[str, 
     result = edit_params(root / "params.yaml", rounds=rounds, overrides=overrides)
     if result["changed"]:
         log.info("params.yaml: set %s (see `git diff params.yaml`)", ", ".join(result["changed"]))
-    text = render_file(root / "params.yaml")
-    dvc_yaml = root / "dvc.yaml"
-    if not dvc_yaml.exists() or dvc_yaml.read_text(encoding="utf-8") != text:
-        dvc_yaml.write_text(text, encoding="utf-8")
-        log.info("dvc.yaml re-rendered from params.yaml")
+    if write_rendered(root / "params.yaml"):
+        log.info("dvc.yaml and params.resolved.yaml re-rendered from params.yaml")
     return {"changed": result["changed"], "added_rounds": result["added_rounds"]}
 
 

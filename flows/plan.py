@@ -45,16 +45,17 @@ def must_run(name: str, stale: set[str], ran: set[str], upstream: dict[str, set[
 
 
 def read_plan(project_dir: str | Path, round_names: list[str]) -> Plan:
+    """The plan of the rendered dvc.yaml: each stage's round and GPU flag come from its ``meta`` (written by
+    ``alignloop render`` from the stage specs), never from its name."""
     stages = (yaml.safe_load((Path(project_dir) / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
     plan = Plan(rounds={r: [] for r in round_names}, upstream=upstream_of(stages))
-    # Longest name first: a round named "r1_b" must not be taken for "b".
-    by_length = sorted(round_names, key=len, reverse=True)
     for name, stage in stages.items():
-        if (stage.get("meta") or {}).get("gpu"):
+        meta = stage.get("meta") or {}
+        if meta.get("gpu"):
             plan.gpu.add(name)
-        owner = next((r for r in by_length if name.endswith("_" + r)), None)
+        owner = meta.get("round")
         if owner is not None:
-            plan.rounds[owner].append(name)
+            plan.rounds.setdefault(owner, []).append(name)
         elif any(plan.rounds.values()):
             plan.after.append(name)
         else:

@@ -13,8 +13,8 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from alignloop import registry
-from alignloop.config import load_params
+from alignloop.pipeline import registry
+from alignloop.core.config import load_params
 from tasks.artifacts import artifact_key
 
 

@@ -10,6 +10,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from alignloop.pipeline import layout
+
 ROWS = [  # (eval.json key, label, format)
     ("gold_reward", "gold reward (hidden)", "{:.3f}"),
     ("proxy_reward", "proxy reward (RM)", "{:.3f}"),
@@ -72,10 +74,10 @@ def _load(path: Path) -> dict | None:
 @task(name="publish-round", task_run_name="publish-{round_name}", cache_policy=NO_CACHE, retries=1)
 def publish_round(round_name: str, project_dir: str, experiment: str, stages: list[dict]) -> str:
     root = Path(project_dir)
-    d = root / "data" / "rounds" / round_name
-    md = round_markdown(round_name, _load(d / "eval.json") or {}, _load(root / "data/eval/sft.json"),
-                        _load(d / "train_metrics.json"), _load(d / "pairs_metrics.json"), stages,
-                        _load(d / "registry.json"))
+    r = round_name
+    md = round_markdown(r, _load(root / layout.eval_paths(r)[0]) or {}, _load(root / layout.eval_paths("sft")[0]),
+                        _load(root / layout.train_metrics(r)), _load(root / layout.pairs_metrics(r)), stages,
+                        _load(root / layout.registry_record(r)))
     create_markdown_artifact(key=artifact_key(experiment, round_name), markdown=md,
                              description=f"{experiment}: evaluation of round {round_name}")
     return md
@@ -83,7 +85,7 @@ def publish_round(round_name: str, project_dir: str, experiment: str, stages: li
 
 @task(name="publish-pipeline", cache_policy=NO_CACHE, retries=1)
 def publish_pipeline(project_dir: str, experiment: str) -> list[dict]:
-    rows = _load(Path(project_dir) / "data/report/rounds.json") or []
+    rows = _load(Path(project_dir) / layout.REPORT_ROUNDS) or []
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     create_table_artifact(key=artifact_key(experiment, "rounds"), table=table,
                           description=f"{experiment}: evaluation of every policy, SFT first")

@@ -67,7 +67,7 @@ def generate_shard(round_name: str, index: int, count: int, project_dir: str,
     Runs as a Ray task under the Ray task runner, so it must not rely on the flow process' working directory.
     """
     log = get_run_logger()
-    cmd = [sys.executable, "-m", "alignloop.stages.generate", "--round", round_name, "--shard", f"{index}/{count}"]
+    cmd = [sys.executable, "-m", "alignloop.pipeline.stages.generate", "--round", round_name, "--shard", f"{index}/{count}"]
     t0 = time.perf_counter()
     with gpu_slot(devices or []) as device:
         code, lines = stream(cmd, project_dir, stage_env(device), log.info)

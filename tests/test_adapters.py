@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignloop.adapters import (
+from alignloop.core.adapters import (
     ADAPTERS,
     AdapterError,
     auto,

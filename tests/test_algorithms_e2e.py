@@ -115,7 +115,7 @@ def test_killed_ppo_stage_resumes_from_its_checkpoint_with_the_same_result(proje
     policy = project / "data/rounds/ps/policy/model.safetensors"
     uninterrupted = policy.read_bytes()
     ckpt_root = project / ".alignloop/ckpt/ps"
-    cmd = [sys.executable, "-m", "alignloop.stages.ppo", "--round", "ps"]
+    cmd = [sys.executable, "-m", "alignloop.pipeline.stages.ppo", "--round", "ps"]
     proc = subprocess.Popen(cmd, cwd=project, env=project_env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:

@@ -1,4 +1,4 @@
-"""Every stage output is written into a temporary sibling and renamed into place (alignloop.io.atomic_dir /
+"""Every stage output is written into a temporary sibling and renamed into place (alignloop.core.files.atomic_dir /
 atomic_file / write_json / write_jsonl), so a failed or killed stage never leaves a partial output, and a stage that
 fails leaves the previous good output untouched.
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WRITERS = {"save_pretrained", "savefig", "save", "write_text", "write_bytes", "save_file"}
 # Writes that are not stage outputs: the checkpoint's completion marker is written after the checkpoint is
 # complete, and only its existence is read.
-ALLOWED = {("alignloop/stages/_train.py", "write_text")}
+ALLOWED = {("alignloop/ml/training.py", "write_text")}
 
 
 def _atomic_blocks(tree: ast.AST) -> list[tuple[int, int]]:
@@ -56,7 +56,8 @@ def _offences(path: Path) -> list[str]:
 
 
 def test_stages_write_outputs_only_through_the_atomic_helpers():
-    files = sorted((ROOT / "alignloop" / "stages").glob("*.py")) + [ROOT / "alignloop" / "ppo.py"]
+    files = sorted((ROOT / "alignloop" / "pipeline" / "stages").glob("*.py")) + [ROOT / "alignloop" / "ml" / "ppo.py",
+                                                                              ROOT / "alignloop" / "ml" / "training.py"]
     offences = [o for f in files for o in _offences(f)]
     assert not offences, "\n".join(offences)
 
@@ -64,7 +65,7 @@ def test_stages_write_outputs_only_through_the_atomic_helpers():
 def test_the_checker_catches_a_plain_write(tmp_path):
     bad = tmp_path / "stage.py"
     bad.write_text("def run(model, out):\n    model.save_pretrained(out)\n    open(out, 'w').write('x')\n"
-                   "    with io.atomic_dir(out) as tmp:\n        model.save_pretrained(tmp)\n")
+                   "    with files.atomic_dir(out) as tmp:\n        model.save_pretrained(tmp)\n")
     assert len(_offences(bad)) == 2
 
 
@@ -74,7 +75,7 @@ def test_a_stage_failing_after_training_leaves_the_previous_output_untouched(tmp
 
     import yaml
 
-    from alignloop.stages import pairs
+    from alignloop.pipeline.stages import pairs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"rounds": {"r1": {"algo": "dpo", "prev": "sft"}},
@@ -106,10 +107,10 @@ def test_killed_writer_leaves_only_a_hidden_temp_sibling(tmp_path, helper):
 
     final = tmp_path / ("out_dir" if helper == "atomic_dir" else "out.jsonl")
     final.write_text("previous") if helper == "atomic_file" else final.mkdir()
-    code = (f"import time\nfrom alignloop import io\n"
-            + (f"with io.atomic_dir({str(final)!r}) as t:\n    (t / 'part').write_text('x')\n    time.sleep(60)\n"
+    code = (f"import time\nfrom alignloop.core import files\n"
+            + (f"with files.atomic_dir({str(final)!r}) as t:\n    (t / 'part').write_text('x')\n    time.sleep(60)\n"
                if helper == "atomic_dir" else
-               f"with io.atomic_file({str(final)!r}) as fh:\n    fh.write('partial')\n    fh.flush()\n    time.sleep(60)\n"))
+               f"with files.atomic_file({str(final)!r}) as fh:\n    fh.write('partial')\n    fh.flush()\n    time.sleep(60)\n"))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     deadline = time.time() + 60
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".")] and time.time() < deadline:

@@ -1,4 +1,4 @@
-"""Generation backends (alignloop.backends): one contract, checked on every backend.
+"""Generation backends (alignloop.ml.backends): one contract, checked on every backend.
 
 The same tests run on the HF backend here and on vLLM on a GPU machine (marked `gpu`, `vllm`): rows contract,
 n per prompt in prompt order, per-batch seeding (rerun and shard equality), stop strings, max tokens and
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from alignloop.backends import HFBackend, SamplingSpec, load_backend, resolve
-from alignloop.config import ArchConfig, ModelConfig
-from alignloop.inference import truncate_at_stop
-from alignloop.modeling import build_tiny_model, train_tokenizer
-from alignloop.task import make_corpus
+from alignloop.ml.backends import HFBackend, SamplingSpec, load_backend, resolve
+from alignloop.core.config import ArchConfig, ModelConfig
+from alignloop.ml.inference import truncate_at_stop
+from alignloop.ml.modeling import build_tiny_model, train_tokenizer
+from alignloop.core.synthetic import make_corpus
 
 FIELDS = {"prompt_id", "sample_idx", "prompt", "response", "num_tokens", "finish_reason", "seed"}
 SPEC = SamplingSpec(n=3, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0, max_prompt_tokens=48, batch_size=2)
@@ -34,7 +34,7 @@ def test_truncate_at_stop_cuts_at_the_earliest_stop_string():
 
 
 def test_resolve_auto_is_hf_without_a_gpu(monkeypatch):
-    import alignloop.backends as b
+    import alignloop.ml.backends as b
 
     monkeypatch.setattr(b, "vllm_available", lambda: False)
     assert resolve("auto") == "hf" and resolve("hf") == "hf"
@@ -132,9 +132,9 @@ def test_first_idx_continues_sample_indices(backend, prompts):
 
 
 def test_hf_backend_is_the_stage_sampler(policy_dir):
-    """The HF backend is alignloop.inference.sample: same rows as calling it directly."""
-    from alignloop.inference import sample
-    from alignloop.modeling import load_causal_lm, load_tokenizer
+    """The HF backend is alignloop.ml.inference.sample: same rows as calling it directly."""
+    from alignloop.ml.inference import sample
+    from alignloop.ml.modeling import load_causal_lm, load_tokenizer
 
     path, prompts = policy_dir
     be = HFBackend.load(path, MODEL_CFG)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from alignloop import config as cfg
-from alignloop.config import ConfigError, DPOConfig, Params, field_help, load_params
+from alignloop.core import config as cfg
+from alignloop.core.config import ConfigError, DPOConfig, Params, field_help, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -231,7 +231,7 @@ def test_unknown_keys_rejected_in_code_too():
 
 
 def test_non_embedded_source_needs_a_path(tmp_path):
-    from alignloop.config import ConfigError, load_params
+    from alignloop.core.config import ConfigError, load_params
 
     f = tmp_path / "params.yaml"
     f.write_text("seed: 0\ndata:\n  source: jsonl\n")

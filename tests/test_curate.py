@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from alignloop.config import CurateConfig
-from alignloop.curate import (
+from alignloop.core.config import CurateConfig
+from alignloop.core.curate import (
     curate,
     eval_score,
     exact_dedup,
@@ -27,7 +27,7 @@ from alignloop.curate import (
     split_prompts,
     stable_id,
 )
-from alignloop.stages import curate as stage
+from alignloop.pipeline.stages import curate as stage
 
 OCEAN, SPACE, MUSIC, BOOKS = "tell me about ocean", "tell me about space", "talk about music", "write a note on books"
 SEED, FRACTION = 1, 0.3
@@ -305,7 +305,7 @@ def test_stage_all_rows_bad_exits_2_with_the_bad_lines(workdir, capsys):
 
 
 def test_stage_embedded_source(workdir, capsys):
-    from alignloop.task import make_corpus
+    from alignloop.core.synthetic import make_corpus
 
     corpus = make_corpus(12, 2, 2, 0.5, 0.35, seed=0)
     raw = workdir / "data" / "raw"

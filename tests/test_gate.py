@@ -1,6 +1,6 @@
 """Promotion gate, hand-computed."""
 
-from alignloop.gate import gate_decision
+from alignloop.core.gate import gate_decision
 
 CHAMP = {"proxy_reward": 2.0, "gold_reward": 0.5, "kl_to_sft": 1.0}
 

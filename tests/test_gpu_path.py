@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignloop.config import ArchConfig, Params, load_params
-from alignloop.launch import launch_command
-from alignloop.params_edit import apply_preset, flatten
+from alignloop.core.config import ArchConfig, Params, load_params
+from alignloop.ml.launch import launch_command
+from alignloop.pipeline.params_edit import apply_preset, flatten
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -33,10 +33,10 @@ def test_launch_command_with_several_gpus():
     cmd = launch_command("dpo", ["--round", "r2"], n_gpus=4, env={}, mode="auto", python="py",
                          config_dir=Path("/cfg"))
     assert cmd == ["py", "-m", "accelerate.commands.launch", "--config_file", "/cfg/ddp.yaml", "--num_processes", "4",
-                   "-m", "alignloop.stages.dpo", "--round", "r2"]
+                   "-m", "alignloop.pipeline.stages.dpo", "--round", "r2"]
     cmd = launch_command("sft", [], n_gpus=2, env={"PATH": "/bin"}, mode="zero2", python="py", config_dir=Path("/cfg"))
     assert cmd == ["py", "-m", "accelerate.commands.launch", "--config_file", "/cfg/zero2.yaml", "--num_processes", "2",
-                   "-m", "alignloop.stages.sft"]
+                   "-m", "alignloop.pipeline.stages.sft"]
 
 
 @pytest.mark.parametrize("stage,n_gpus,env,mode", [
@@ -60,7 +60,7 @@ def test_shipped_accelerate_configs():
 
 
 def test_common_args_default_and_under_accelerate(monkeypatch):
-    from alignloop.stages._train import common_args
+    from alignloop.ml.training import common_args
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     one = common_args(Params(), lr=1e-3, epochs=1, batch_size=32)
@@ -145,9 +145,9 @@ TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size":
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory):
     """data/models/{base,sft} (one tiny random model) and curated SFT rows and preference pairs."""
-    from alignloop import io
-    from alignloop.modeling import build_tiny_model, train_tokenizer
-    from alignloop.task import make_corpus
+    from alignloop.core import files
+    from alignloop.ml.modeling import build_tiny_model, train_tokenizer
+    from alignloop.core.synthetic import make_corpus
 
     root = tmp_path_factory.mktemp("gpupath")
     corpus = make_corpus(num_prompts=24, sft_per_prompt=2, pairs_per_prompt=1, annotator_temperature=0.5,
@@ -158,18 +158,18 @@ def tiny_project(tmp_path_factory):
     for d in ("base", "sft"):
         model.save_pretrained(root / "data/models" / d)
         tok.save_pretrained(root / "data/models" / d)
-    io.write_jsonl(root / "data/curated/sft.jsonl", [{"id": f"s{i}", "prompt": r["prompt"], "response": r["response"]}
+    files.write_jsonl(root / "data/curated/sft.jsonl", [{"id": f"s{i}", "prompt": r["prompt"], "response": r["response"]}
                                                      for i, r in enumerate(corpus["sft"][:32])])
     pairs = [{"id": f"x{i}", "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
              for i, r in enumerate(corpus["prefs"][:16])]
-    io.write_jsonl(root / "data/curated/prefs/train.jsonl", pairs)
-    io.write_jsonl(root / "data/curated/prefs/eval.jsonl", pairs[:4])
-    io.write_jsonl(root / "data/rounds/r1/pairs.jsonl", pairs)
+    files.write_jsonl(root / "data/curated/prefs/train.jsonl", pairs)
+    files.write_jsonl(root / "data/curated/prefs/eval.jsonl", pairs[:4])
+    files.write_jsonl(root / "data/rounds/r1/pairs.jsonl", pairs)
     return root
 
 
 def _run_stage(root: Path, monkeypatch, stage: str, argv: list[str], params: dict, spy: str | None = None) -> list:
-    """Run ``alignloop.stages.<stage>`` in ``root`` with ``params``; returns the TRL trainer kwargs it built."""
+    """Run ``alignloop.pipeline.stages.<stage>`` in ``root`` with ``params``; returns the TRL trainer kwargs it built."""
     import importlib
 
     import trl
@@ -188,7 +188,7 @@ def _run_stage(root: Path, monkeypatch, stage: str, argv: list[str], params: dic
                 super().__init__(*a, **kw)
 
         monkeypatch.setattr(trl, spy, Spy)
-    assert importlib.import_module(f"alignloop.stages.{stage}").main(argv) == 0
+    assert importlib.import_module(f"alignloop.pipeline.stages.{stage}").main(argv) == 0
     return seen
 
 
@@ -203,8 +203,8 @@ LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "
 
 @pytest.mark.usefixtures("one_thread")
 def test_sft_with_lora_and_packing_saves_a_merged_full_model(tiny_project, monkeypatch):
-    from alignloop.config import ModelConfig
-    from alignloop.modeling import load_causal_lm
+    from alignloop.core.config import ModelConfig
+    from alignloop.ml.modeling import load_causal_lm
 
     root = tiny_project
     seen = _run_stage(root, monkeypatch, "sft", [], {
@@ -249,8 +249,8 @@ def test_dpo_with_lora_and_precomputed_reference(tiny_project, monkeypatch):
 
 @pytest.mark.usefixtures("one_thread")
 def test_reward_model_with_lora_saves_a_merged_scorer(tiny_project, monkeypatch):
-    from alignloop.config import ModelConfig
-    from alignloop.modeling import load_reward_model
+    from alignloop.core.config import ModelConfig
+    from alignloop.ml.modeling import load_reward_model
 
     root = tiny_project
     seen = _run_stage(root, monkeypatch, "reward_model", [], {

@@ -1,4 +1,4 @@
-"""Batched inference (alignloop.inference): sampling, reward scoring and response log-probabilities.
+"""Batched inference (alignloop.ml.inference): sampling, reward scoring and response log-probabilities.
 
 Models are tiny and randomly initialised: the tests check the contracts (fields, seeding, ordering, padding
 invariance, the log-prob definition), not quality.
@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from alignloop.config import ArchConfig
-from alignloop.inference import response_logprobs, reward_scores, sample
-from alignloop.modeling import build_tiny_model, render_full, render_prompt, train_tokenizer
-from alignloop.task import make_corpus
+from alignloop.core.config import ArchConfig
+from alignloop.ml.inference import response_logprobs, reward_scores, sample
+from alignloop.ml.modeling import build_tiny_model, render_full, render_prompt, train_tokenizer
+from alignloop.core.synthetic import make_corpus
 
 TINY_ARCH = ArchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300)
 FIELDS = {"prompt_id", "sample_idx", "prompt", "response", "num_tokens", "finish_reason", "seed"}

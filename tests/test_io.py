@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.io import (
+from alignloop.core.files import (
     BadRow,
     DataError,
     atomic_dir,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from alignloop.metrics import distinct_n, finite, kl_estimate, mean, pair_accuracy, win_rate
+from alignloop.core.metrics import distinct_n, finite, kl_estimate, mean, pair_accuracy, win_rate
 
 
 def test_mean():
@@ -93,7 +93,7 @@ def test_finite():
 
 
 def test_bootstrap_ci_of_a_constant_is_that_constant():
-    from alignloop.metrics import bootstrap_ci
+    from alignloop.core.metrics import bootstrap_ci
 
     assert bootstrap_ci([0.7] * 10, resamples=200) == (pytest.approx(0.7), pytest.approx(0.7))
 
@@ -101,14 +101,14 @@ def test_bootstrap_ci_of_a_constant_is_that_constant():
 def test_bootstrap_ci_of_two_points_spans_both():
     # resampled means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5 % and 97.5 % quantiles of
     # 2000 draws are 0 and 1 (P(no draw of mean 0 in 2000) = 0.75^2000)
-    from alignloop.metrics import bootstrap_ci
+    from alignloop.core.metrics import bootstrap_ci
 
     assert bootstrap_ci([0.0, 1.0], resamples=2000, seed=3) == (0.0, 1.0)
 
 
 def test_bootstrap_ci_matches_the_normal_interval_on_a_known_sample():
     # 400 values alternating 0 and 1: mean 0.5, sd 0.5, normal 95 % half-width 1.96 * 0.5 / 20 = 0.049
-    from alignloop.metrics import bootstrap_ci
+    from alignloop.core.metrics import bootstrap_ci
 
     lo, hi = bootstrap_ci([float(i % 2) for i in range(400)], resamples=4000, seed=1)
     assert lo == pytest.approx(0.451, abs=0.01) and hi == pytest.approx(0.549, abs=0.01)
@@ -119,21 +119,21 @@ def test_bootstrap_ci_matches_the_normal_interval_on_a_known_sample():
 def test_bootstrap_ci_by_groups_resamples_whole_groups():
     # two groups, each constant: group a = [0, 0], group b = [1, 1]; any resample is (a,a), (a,b), (b,a) or (b,b)
     # -> means 0, 0.5, 0.5, 1, never 0.25 (which item-level resampling would give)
-    from alignloop.metrics import bootstrap_ci
+    from alignloop.core.metrics import bootstrap_ci
 
     seen = {bootstrap_ci([0, 0, 1, 1], groups=["a", "a", "b", "b"], resamples=1, seed=s)[0] for s in range(40)}
     assert seen <= {0.0, 0.5, 1.0} and len(seen) == 3
 
 
 def test_win_outcomes_with_ties():
-    from alignloop.metrics import win_outcomes
+    from alignloop.core.metrics import win_outcomes
 
     assert win_outcomes([3, 1, 2], [1, 1, 4]) == [1.0, 0.5, 0.0]
 
 
 def test_self_bleu_hand_computed():
     # "a b" vs the other "a b": unigram 2/2, bigram 1/1 -> smoothed (3/3, 2/2) -> 1.0 for both identical texts
-    from alignloop.metrics import self_bleu
+    from alignloop.core.metrics import self_bleu
 
     assert self_bleu(["a b", "a b"]) == pytest.approx(1.0)
     # "a b" vs "c d": unigrams 0/2 -> 1/3, bigrams 0/1 -> 1/2: sqrt(1/3 * 1/2) = 0.408248 for each
@@ -145,6 +145,6 @@ def test_self_bleu_hand_computed():
 
 def test_overoptimisation_gap():
     # proxy rose 1.5 (0.5 -> 2.0) while gold rose 0.25 (0.1 -> 0.35): 1.25 of the proxy gain is not real
-    from alignloop.metrics import overoptimisation_gap
+    from alignloop.core.metrics import overoptimisation_gap
 
     assert overoptimisation_gap(2.0, 0.35, 0.5, 0.1) == pytest.approx(1.25)

@@ -1,4 +1,4 @@
-"""Tokenizer and model construction/loading (alignloop.modeling) and the `base` stage that uses them.
+"""Tokenizer and model construction/loading (alignloop.ml.modeling) and the `base` stage that uses them.
 
 Hub-format loading is exercised against local directories written with ``save_pretrained`` (the layout of a
 hub repo); nothing is downloaded (tests/conftest.py sets HF_HUB_OFFLINE).
@@ -16,8 +16,8 @@ import torch
 import transformers
 import yaml
 
-from alignloop.config import ArchConfig, ModelConfig
-from alignloop.modeling import (
+from alignloop.core.config import ArchConfig, ModelConfig
+from alignloop.ml.modeling import (
     ASSISTANT,
     BOS,
     CHAT_TEMPLATE,
@@ -35,7 +35,7 @@ from alignloop.modeling import (
     render_prompt,
     train_tokenizer,
 )
-from alignloop.task import make_corpus
+from alignloop.core.synthetic import make_corpus
 
 TINY_ARCH = ArchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300)
 SPECIALS = (PAD, BOS, EOS, USER, ASSISTANT, SYSTEM)
@@ -317,7 +317,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def test_base_stage_hub_model(stage_dir, hub_dir, tok, mlflow_dir):
-    from alignloop.stages import base
+    from alignloop.pipeline.stages import base
 
     _write_params(stage_dir, {"name_or_path": str(hub_dir)})
     assert not (stage_dir / "data" / "curated").exists()  # the hub path needs no curated data
@@ -334,7 +334,7 @@ def test_base_stage_hub_model(stage_dir, hub_dir, tok, mlflow_dir):
 
 
 def test_base_stage_embedded(stage_dir, corpus):
-    from alignloop.stages import base
+    from alignloop.pipeline.stages import base
 
     _write_jsonl(stage_dir / "data/curated/sft.jsonl",
                  [{"id": r["id"], "prompt": r["prompt"], "response": r["response"]} for r in corpus["sft"][:60]])
@@ -360,7 +360,7 @@ def test_base_stage_embedded(stage_dir, corpus):
 
 
 def test_base_stage_refuses_bin_only(stage_dir, tok, capsys):
-    from alignloop.stages import base
+    from alignloop.pipeline.stages import base
 
     d = stage_dir / "bin-only"
     model = build_tiny_model(TINY_ARCH, tok, max_length=64, seed=0)

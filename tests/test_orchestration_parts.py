@@ -61,10 +61,10 @@ def test_read_plan_round_names_with_underscores():
 
 LOG = [
     "Running stage 'pairs_r1':",
-    "> python -m alignloop.stages.pairs --round r1",
+    "> python -m alignloop.pipeline.stages.pairs --round r1",
     "error: data/rounds/r1/scores.jsonl: no prompt produced a pair with margin >= 9 (fix: lower min_margin)",
     "  data/rounds/r1/scores.jsonl:3: second line of the same error",
-    "ERROR: failed to reproduce 'pairs_r1': failed to run: python -m alignloop.stages.pairs --round r1, exited with 2",
+    "ERROR: failed to reproduce 'pairs_r1': failed to run: python -m alignloop.pipeline.stages.pairs --round r1, exited with 2",
 ]
 
 
@@ -76,7 +76,7 @@ def test_error_text_is_the_stage_error_and_dvc_summary():
 def test_error_text_of_a_crash_is_the_tail_and_retryable():
     crash = ["Running stage 'dpo_r1':"] + [f"line {i}" for i in range(40)] + [
         "RuntimeError: CUDA out of memory",
-        "ERROR: failed to reproduce 'dpo_r1': failed to run: python -m alignloop.stages.dpo --round r1, exited with 1"]
+        "ERROR: failed to reproduce 'dpo_r1': failed to run: python -m alignloop.pipeline.stages.dpo --round r1, exited with 1"]
     text = error_text(crash)
     assert text.splitlines()[-1].startswith("ERROR:") and "CUDA out of memory" in text
     assert len(text.splitlines()) == 30

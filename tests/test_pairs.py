@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignloop.pairs import group_by_prompt, max_min_pair, select_pairs
+from alignloop.core.pairs import group_by_prompt, max_min_pair, select_pairs
 
 
 def sample(pid: str, idx: int, text: str, prompt: str = "tell me about ocean") -> dict:
@@ -137,7 +137,7 @@ def test_pairs_stage_strategies_are_params_and_reproducible(tmp_path, monkeypatc
 
     import yaml
 
-    from alignloop.stages.pairs import main
+    from alignloop.pipeline.stages.pairs import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")

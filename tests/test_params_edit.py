@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from alignloop.config import ConfigError
-from alignloop.params_edit import edit_params, next_round_name
+from alignloop.core.config import ConfigError
+from alignloop.pipeline.params_edit import edit_params, next_round_name
 
 TEXT = """\
 experiment: t          # the experiment

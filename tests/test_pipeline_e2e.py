@@ -138,7 +138,7 @@ def test_second_flow_run_skips_every_stage(project):
 
 
 def registered(project: Path) -> list[dict]:
-    from alignloop import registry
+    from alignloop.pipeline import registry
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlflow.db"
     return registry.versions("e2e-policy")
@@ -163,7 +163,7 @@ def test_each_round_is_one_registered_version_even_after_reruns(project):
 
 
 def test_registry_flow_promotes_and_rolls_back(project):
-    from alignloop import registry
+    from alignloop.pipeline import registry
     from flows.registry import registry_flow
 
     registered(project)  # points MLFLOW_TRACKING_URI at the project's store

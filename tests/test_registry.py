@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignloop import registry
-from alignloop.registry import RegistryError
+from alignloop.pipeline import registry
+from alignloop.pipeline.registry import RegistryError
 
 PARAMS = {
     "experiment": "reg",
@@ -44,7 +44,7 @@ def project(tmp_path, monkeypatch):
 
 
 def register(round_name: str) -> dict:
-    from alignloop.stages.register import main
+    from alignloop.pipeline.stages.register import main
 
     assert main(["--round", round_name]) == 0
     return json.loads(Path(f"data/rounds/{round_name}/registry.json").read_text())
@@ -90,7 +90,7 @@ def test_replaying_an_earlier_round_does_not_move_the_champion_back(project):
 
 
 def test_a_crash_between_version_and_alias_is_completed_by_the_rerun(project):
-    from alignloop import registry as reg
+    from alignloop.pipeline import registry as reg
 
     c = reg.client()
     c.create_registered_model("reg-policy")
@@ -108,8 +108,8 @@ def test_changed_weights_are_a_new_version(project):
 
 
 def test_start_champion_skips_a_rejected_round(project):
-    from alignloop.config import load_params
-    from alignloop.lineage import start_policy
+    from alignloop.core.config import load_params
+    from alignloop.pipeline.lineage import start_policy
 
     for r in ("r1", "r2", "r3"):
         register(r)
@@ -161,7 +161,7 @@ def test_log_weights_uploads_them_as_artifacts(project):
 
 REGISTER_MANY = """
 import json, sys
-from alignloop import registry as reg
+from alignloop.pipeline import registry as reg
 model, rounds = sys.argv[1], sys.argv[2].split(",")
 print(json.dumps([reg.register_round(name=model, round_name=r, source=f"/nowhere/{model}/{r}", policy_md5=f"md5-{r}",
                                      run_id=None, tags={}, promote=True, decision="d") for r in rounds]))

@@ -128,16 +128,16 @@ class CountingBackend:
 def test_prev_variance_budget_follows_last_rounds_spread(tmp_path, monkeypatch):
     """prev_variance spends the same total as uniform, more on prompts whose rewards spread widely last round,
     one backend call per distinct amount with its own seed; rows come back in prompt order."""
-    from alignloop import io
-    from alignloop.config import Params
-    from alignloop.stages.generate import _prev_variance
+    from alignloop.core import files
+    from alignloop.core.config import Params
+    from alignloop.pipeline.stages.generate import _prev_variance
 
     monkeypatch.chdir(tmp_path)
     params = Params.model_validate({"generate": {"n": 4, "budget": {"strategy": "prev_variance", "min_n": 2,
                                                                      "max_n": 8}},
                                     "rounds": {"r1": {"prev": "sft"}, "r2": {"prev": "r1"}}})
     spread = {"a": [0.0, 0.0, 0.0, 0.0], "b": [0.0, 4.0, 0.0, 4.0], "c": [0.0, 1.0, 0.0, 1.0], "d": [1.0, 1.0, 1.0, 1.0]}
-    io.write_jsonl("data/rounds/r1/scores.jsonl", [{"prompt_id": p, "sample_idx": i, "reward": r}
+    files.write_jsonl("data/rounds/r1/scores.jsonl", [{"prompt_id": p, "sample_idx": i, "reward": r}
                                                    for p, rs in spread.items() for i, r in enumerate(rs)])
     prompts = [{"id": p, "prompt": f"tell me about {p}"} for p in spread]
     be = CountingBackend()

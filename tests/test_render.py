@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignloop.config import load_params
-from alignloop.render import HEADER, render, render_file, render_text, stale_message
+from alignloop.core.config import load_params
+from alignloop.pipeline.render import HEADER, render, render_file, render_text, stale_message
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_stale_message(tmp_path: Path):
 
 
 def test_render_rejects_invalid_params(tmp_path: Path):
-    from alignloop.config import ConfigError
+    from alignloop.core.config import ConfigError
 
     path = tmp_path / "params.yaml"
     path.write_text("rounds:\n  r1:\n    prev: r0\n", encoding="utf-8")

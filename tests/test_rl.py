@@ -1,4 +1,4 @@
-"""PPO arithmetic (alignloop.rl), every expected value computed by hand in the comments."""
+"""PPO arithmetic (alignloop.ml.rl), every expected value computed by hand in the comments."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignloop.rl import (AdaptiveKL, FixedKL, RunningMoments, entropy_from_logits, gae, kl_k1, kl_k2, kl_k3,
+from alignloop.ml.rl import (AdaptiveKL, FixedKL, RunningMoments, entropy_from_logits, gae, kl_k1, kl_k2, kl_k3,
                           normalise_scores, policy_loss, token_rewards, value_loss, whiten)
 
 approx = lambda x, rel=1e-5: pytest.approx(x, rel=rel, abs=1e-6)  # noqa: E731
@@ -126,11 +126,11 @@ def test_entropy_of_uniform_and_peaked():
     assert float(entropy_from_logits(torch.tensor([100.0, 0.0, 0.0]))) < 1e-6
 
 
-# --- PPO plumbing (alignloop.ppo) -----------------------------------------------------------------------------------
+# --- PPO plumbing (alignloop.ml.ppo) -----------------------------------------------------------------------------------
 
 
 def test_response_mask_keeps_tokens_up_to_and_including_the_first_eos():
-    from alignloop.ppo import response_mask
+    from alignloop.ml.ppo import response_mask
 
     eos = 2
     resp = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 2, 7, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
@@ -140,7 +140,7 @@ def test_response_mask_keeps_tokens_up_to_and_including_the_first_eos():
 def test_prompt_schedule_walks_a_seeded_shuffle_and_is_fixed_by_iteration():
     import random
 
-    from alignloop.ppo import prompt_schedule
+    from alignloop.ml.ppo import prompt_schedule
 
     # 5 prompts, 3 per iteration: iteration 0 = first 3 of pass 0's shuffle, iteration 1 = its last 2 + pass 1's first
     p0, p1 = list(range(5)), list(range(5))

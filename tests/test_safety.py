@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignloop.config import ConfigError, ModelConfig
-from alignloop.modeling import build_tiny_model, load_causal_lm, load_reward_model, train_tokenizer
+from alignloop.core.config import ConfigError, ModelConfig
+from alignloop.ml.modeling import build_tiny_model, load_causal_lm, load_reward_model, train_tokenizer
 
 CUSTOM_CODE = '''
 import pathlib
@@ -29,7 +29,7 @@ class CustomForCausalLM(LlamaForCausalLM):
 @pytest.fixture(scope="module")
 def remote_code_dir(tmp_path_factory) -> Path:
     """A checkpoint in hub layout whose config asks for its own modelling code (auto_map), like many hub repos."""
-    from alignloop.config import ArchConfig
+    from alignloop.core.config import ArchConfig
 
     d = tmp_path_factory.mktemp("remote") / "custom-model"
     tok = train_tokenizer(["a small corpus for a small tokenizer"] * 20, vocab_size=300)
@@ -59,7 +59,7 @@ def test_checkpoint_code_is_refused_unless_params_allow_it(remote_code_dir):
 
 
 def test_stage_refuses_checkpoint_code_with_a_clear_error(remote_code_dir, tmp_path, monkeypatch, capsys):
-    from alignloop.stages import base
+    from alignloop.pipeline.stages import base
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -71,7 +71,7 @@ def test_stage_refuses_checkpoint_code_with_a_clear_error(remote_code_dir, tmp_p
 
 
 def test_redact_is_a_pure_replacement():
-    from alignloop.tracking import redact, secret_values
+    from alignloop.pipeline.tracking import redact, secret_values
 
     env = {"HF_TOKEN": "hf_abcdefgh", "AWS_SECRET_ACCESS_KEY": "s3cr3tvalue", "HOME": "/home/me", "GH_TOKEN": "x"}
     secrets = secret_values(env)
@@ -80,8 +80,8 @@ def test_redact_is_a_pure_replacement():
 
 
 def test_no_secret_environment_value_reaches_mlflow(tmp_path, monkeypatch):
-    from alignloop.stages import prepare
-    from alignloop.tracking import stage_run
+    from alignloop.pipeline.stages import prepare
+    from alignloop.pipeline.tracking import stage_run
 
     secrets = {"HF_TOKEN": "hf_SECRETxTOKENx123", "AWS_SECRET_ACCESS_KEY": "awsSECRETxKEYx456",
                "MLFLOW_TRACKING_PASSWORD": "mlflowSECRETxPWx789", "WANDB_API_KEY": "wandbSECRETxKEYx000"}

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from alignloop.budget import allocate, reward_variance, next_wave
-from alignloop.ensemble import aggregate
-from alignloop.selection import length_penalised_pair, max_random_pair, raft_top_fraction, raft_top_k, ranked
+from alignloop.core.budget import allocate, reward_variance, next_wave
+from alignloop.core.ensemble import aggregate
+from alignloop.core.selection import length_penalised_pair, max_random_pair, raft_top_fraction, raft_top_k, ranked
 
 
 def s(text: str, tokens: int) -> dict:
@@ -119,7 +119,7 @@ def test_allocate_edge_cases():
 
 
 def test_allocate_expected_range_greedy_hand_computed():
-    from alignloop.budget import allocate_expected_range
+    from alignloop.core.budget import allocate_expected_range
 
     # gains from n=2: std * (1.693 - 1.128) = 0.565 std; from n=3: 0.366 std; from n=4: 0.267 std
     # stds (1, 2): extra 3 -> prompt 1 (1.13), prompt 1 (0.732), prompt 0 (0.565 > 0.534)

@@ -75,7 +75,7 @@ def test_bad_stage_input_is_a_clear_error(tmp_path, monkeypatch, capsys, name, s
     f = tmp_path / path
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_bytes(b"" if line2 is None else json.dumps(good).encode() + b"\n" + line2 + b"\n")
-    module = importlib.import_module(f"alignloop.stages.{stage}")
+    module = importlib.import_module(f"alignloop.pipeline.stages.{stage}")
     assert module.main(args) == 2
     err = capsys.readouterr().err
     where = f"{path}: the file has no rows" if line2 is None else f"{path}:2: "
@@ -88,7 +88,7 @@ def test_bad_stage_input_is_a_clear_error(tmp_path, monkeypatch, capsys, name, s
 def test_missing_input_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    from alignloop.stages import generate
+    from alignloop.pipeline.stages import generate
 
     assert generate.main(R1) == 2
     assert "data/curated/prompts/train.jsonl: file not found" in capsys.readouterr().err
@@ -96,7 +96,7 @@ def test_missing_input_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
-    from alignloop.modeling import train_tokenizer
+    from alignloop.ml.modeling import train_tokenizer
 
     return train_tokenizer(["tell me about ocean waves are calm"] * 50, vocab_size=300)
 
@@ -114,7 +114,7 @@ def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path, monkeypatch, 
     rows = [GOOD_PROMPT, {"id": "long", "prompt": "ocean " * 200}, {**GOOD_PROMPT, "id": "p3"}]
     (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / path).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    module = importlib.import_module(f"alignloop.stages.{stage}")
+    module = importlib.import_module(f"alignloop.pipeline.stages.{stage}")
     assert module.main(R1) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"{path}:2: prompt 'long' has" in err and max_new in err, err
@@ -124,7 +124,7 @@ def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path, monkeypatch, 
 def test_unknown_round_is_rejected_before_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    from alignloop.stages import generate
+    from alignloop.pipeline.stages import generate
 
     assert generate.main(["--round", "r7"]) == 2
     err = capsys.readouterr().err
@@ -137,7 +137,7 @@ def test_bad_params_are_all_reported_before_work(tmp_path, monkeypatch, capsys):
         "dpo": {"beta": -1}, "generate": {"n": 0}, "sft": {"lrr": 1, "epochs": "three"},
         "rounds": {"r1": {"algo": "dpo", "prev": "r0"}},
     }))
-    from alignloop.stages import sft
+    from alignloop.pipeline.stages import sft
 
     assert sft.main([]) == 2
     err = capsys.readouterr().err
@@ -152,7 +152,7 @@ def test_stale_dvc_yaml_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    from alignloop.stages import sft
+    from alignloop.pipeline.stages import sft
 
     assert sft.main([]) == 2
     assert "alignloop render" in capsys.readouterr().err

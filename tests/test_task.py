@@ -14,7 +14,7 @@ import statistics
 
 import pytest
 
-from alignloop.task import (
+from alignloop.core.synthetic import (
     FILLER,
     LENGTH_WINDOW,
     NEGATIVE,

@@ -1,0 +1,555 @@
+"""Typed, frozen configuration loaded from params.yaml.
+
+Every field carries help text (``alignloop config --help-fields`` prints it). Loading validates the whole
+file at once: unknown keys, wrong types and impossible values are all listed together, each with its key
+path, its line in params.yaml and how to fix it, before any stage does work.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+ROUND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``override`` over ``base``; nested mappings merge key by key (a round can set one budget field)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message lists every problem with its key path, line and fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Section):
+    """The embedded synthetic task (used when data.source is 'embedded')."""
+
+    num_prompts: int = Field(480, gt=0, description="Distinct prompts generated (topics x templates x styles, capped).")
+    sft_per_prompt: int = Field(4, gt=0, description="SFT demonstrations per prompt, of mixed quality.")
+    pairs_per_prompt: int = Field(6, ge=0, description="Annotated preference pairs per prompt.")
+    annotator_temperature: float = Field(
+        0.3, gt=0, description="Bradley-Terry temperature of simulated annotators: P(a>b)=sigmoid((g_a-g_b)/T)."
+    )
+    good_demo_fraction: float = Field(
+        0.35, ge=0, le=1, description="Share of SFT demonstrations written by a careful writer; the rest are noisy."
+    )
+
+
+class DataConfig(_Section):
+    source: Literal["embedded", "jsonl", "hub"] = Field(
+        "embedded",
+        description="'embedded': the synthetic task; 'jsonl': local files in a hub shape; 'hub': a dataset name "
+        "or a local dataset directory loaded with datasets.load_dataset.",
+    )
+    path: str | None = Field(None, description="jsonl: file path; hub: dataset name (e.g. 'Anthropic/hh-rlhf') or local dir.")
+    adapter: Literal["auto", "alignloop", "pairs", "messages", "hh"] = Field(
+        "auto",
+        description="How to read rows: 'pairs' (prompt/chosen/rejected strings), 'messages' (chosen/rejected chat "
+        "lists), 'hh' (full HH-style dialogues), 'alignloop' (the raw corpus of the embedded task), 'auto' detects.",
+    )
+    split: str = Field("train", description="hub: the split to load.")
+    revision: str | None = Field(None, description="hub: the dataset revision (commit) to pin for reproducibility.")
+    max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of the source (None: all).")
+
+    @model_validator(mode="after")
+    def _path_given(self) -> "DataConfig":
+        if self.source != "embedded" and not self.path:
+            raise ValueError(
+                f"data.path is required when data.source is '{self.source}' (fix: set data.path to a .jsonl file, a hub "
+                "dataset name or a local dataset directory)"
+            )
+        return self
+
+
+class CurateConfig(_Section):
+    eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of distinct prompts held out for evaluation.")
+    min_response_chars: int = Field(1, ge=1, description="Drop SFT/pair responses shorter than this.")
+    max_response_chars: int = Field(2000, gt=0, description="Drop SFT/pair responses longer than this.")
+    max_prompt_chars: int = Field(2000, gt=0, description="Drop prompts longer than this.")
+
+
+class ArchConfig(_Section):
+    """Shape of the Llama-style model built from config when model.name_or_path is 'embedded'."""
+
+    hidden_size: int = Field(192, gt=0, description="Model width.")
+    num_layers: int = Field(4, gt=0, description="Transformer blocks.")
+    num_heads: int = Field(6, gt=0, description="Attention heads (hidden_size must be divisible by it).")
+    intermediate_size: int = Field(512, gt=0, description="MLP width.")
+    vocab_size: int = Field(1024, ge=300, description="Byte-level BPE vocabulary trained on the corpus.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ArchConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
+                "(fix: make hidden_size a multiple of num_heads)"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "embedded", description="'embedded' builds a tiny model and tokenizer; else a hub id or local dir (safetensors)."
+    )
+    revision: str | None = Field(None, description="Hub revision (commit) to pin.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off: only built-in architectures.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for training/generation.")
+    max_length: int = Field(96, gt=8, description="Max tokens of prompt+response seen in training and generation.")
+    arch: ArchConfig = Field(default_factory=ArchConfig, description="Tiny-model shape (embedded only).")
+
+
+class SFTConfig(_Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the demonstrations.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (cosine schedule).")
+    batch_size: int = Field(32, gt=0, description="Examples per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps for LR warm-up.")
+    packing: bool = Field(False, description="Pack several demonstrations into each max_length row (TRL best-fit "
+                          "packing, padding-free; sequence boundaries kept through position ids), so batch_size counts "
+                          "packed rows. For long-tailed hub data on a GPU; off: one demonstration per row.")
+    checkpoint_every: int = Field(25, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
+
+
+class RewardModelConfig(_Section):
+    init: Literal["sft", "base"] = Field("sft", description="Backbone: the SFT policy or the base model.")
+    epochs: float = Field(8.0, gt=0, description="Passes over the preference pairs.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(32, gt=0, description="Pairs per optimizer step.")
+    checkpoint_every: int = Field(100, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
+    ensemble: int = Field(1, ge=1, le=16, description="Reward models trained with seeds seed..seed+k-1 (data/models/rm, "
+                          "rm-1, ...); the score stage combines them by score.aggregate.")
+
+
+class BudgetConfig(_Section):
+    """How the round's total of ``generate.n`` x prompts samples is spread over prompts (see alignloop/budget.py)."""
+
+    strategy: Literal["uniform", "prev_variance", "adaptive"] = Field(
+        "uniform", description="uniform: n per prompt. prev_variance: more samples where the previous round's "
+        "rewards varied (expected-range greedy; the first round is uniform). adaptive: min_n per prompt, then waves of "
+        "`step` more to prompts whose best-worst reward gap is still below target_margin (needs the reward model).")
+    min_n: int = Field(2, ge=1, description="Samples every prompt gets.")
+    max_n: int = Field(10, ge=1, le=10, description="Most samples one prompt may get.")
+    target_margin: float = Field(1.0, ge=0, description="adaptive: a prompt stops once its best-worst gap reaches this.")
+    step: int = Field(1, ge=1, description="adaptive: samples added per open prompt per wave.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_n < self.min_n:
+            raise ValueError(f"max_n ({self.max_n}) < min_n ({self.min_n}) (fix: raise max_n or lower min_n)")
+        return self
+
+
+class GenerateConfig(_Section):
+    n: int = Field(4, ge=1, description="Samples per prompt (best and worst of n make a pair); with a budget, the "
+                   "average: the round draws n x prompts samples in all.")
+    max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a response (cut before them).")
+    batch_size: int = Field(64, gt=0, description="Prompts per generate() call (each expands to n sequences); also "
+                            "the seeding unit: batch b samples with seed + b.")
+    max_prompts: int | None = Field(None, gt=0, description="Use the first N training prompts (None: all).")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="hf: batched KV-cached transformers generate. vllm: offline vLLM (GPU, extra '.[vllm]'). "
+        "auto: vllm when installed and a GPU is visible, else hf.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over.")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vllm: share of GPU memory for weights and KV "
+                                          "cache (leave room for the reward model).")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Per-prompt sample budget.")
+
+
+class ScoreConfig(_Section):
+    batch_size: int = Field(128, gt=0, description="Sequences per reward-model forward pass.")
+    aggregate: Literal["mean", "min", "mean_minus_std"] = Field(
+        "mean", description="How an ensemble's member rewards combine (reward_model.ensemble > 1): mean, worst case, "
+        "or mean - std_penalty * std (conservative against over-optimisation).")
+    std_penalty: float = Field(1.0, ge=0, description="lambda of mean_minus_std.")
+
+
+class PairsConfig(_Section):
+    strategy: Literal["max_min", "max_random", "length_penalised"] = Field(
+        "max_min", description="Pair selection: best vs worst of n by reward; best vs a random lower one; or best vs "
+        "worst of reward - length_penalty * tokens.")
+    length_penalty: float = Field(0.0, ge=0, description="Reward lost per response token (strategy length_penalised).")
+    min_margin: float = Field(0.1, ge=0, description="Drop prompts whose best-worst reward gap is below this.")
+    listwise: bool = Field(False, description="Also write rankings.jsonl: every prompt's responses ranked best first "
+                           "(for listwise losses).")
+
+
+class DPOConfig(_Section):
+    beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss_type.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing (sigmoid loss).")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the round's pairs.")
+    batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
+    checkpoint_every: int = Field(20, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
+    ref: Literal["sft", "prev"] = Field("sft", description="Reference model: fixed at SFT, or the previous round's policy.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the reference log-probs of every pair once before training (TRL), so the reference "
+        "model is not kept in GPU memory or run at every step.")
+    pairs: Literal["sampled", "curated"] = Field(
+        "sampled", description="sampled: the round's rejection-sampled pairs (iterative DPO). curated: the curated "
+        "training preferences (offline DPO; the round then has no sampling stages).")
+    max_pairs: int | None = Field(None, gt=0, description="Train on at most this many pairs (a seeded subset), e.g. "
+                                  "to compare offline and iterative DPO at an equal pair budget.")
+
+
+class PPOConfig(_Section):
+    """PPO rounds (alignloop/ppo.py): rollouts from the current policy, reward model minus KL to the reference."""
+
+    iterations: int = Field(40, ge=1, description="Rollout-then-optimise iterations.")
+    rollout_prompts: int = Field(64, ge=1, description="Prompts per iteration (one response each).")
+    max_prompts: int | None = Field(None, gt=0, description="Draw rollout prompts from the first N training prompts.")
+    max_new_tokens: int = Field(32, gt=0, description="Max response tokens per rollout.")
+    temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature (log-probs use the same).")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
+    minibatch_size: int = Field(16, ge=1, description="Responses per gradient step.")
+    lr: float = Field(1e-4, gt=0, description="Policy learning rate (AdamW).")
+    value_lr: float = Field(5e-4, gt=0, description="Value model learning rate (AdamW).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip, each model.")
+    clip_range: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip epsilon.")
+    value_clip: float | None = Field(0.2, gt=0, description="Value clip around the rollout's values (None: off).")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount over response tokens.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    kl_coef: float = Field(0.05, ge=0, description="Initial weight of the per-token KL penalty to the reference.")
+    kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Keep kl_coef, or adapt it towards kl_target.")
+    kl_target: float = Field(6.0, gt=0, description="adaptive: target KL to the reference per response.")
+    kl_horizon: int = Field(10000, gt=0, description="adaptive: responses over which kl_coef adapts.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward penalty.")
+    kl_limit: float = Field(20.0, gt=0, description="Stop (keeping the last policy under it) when the rollouts' KL to "
+                            "the reference exceeds this.")
+    target_kl: float | None = Field(None, gt=0, description="Stop an iteration's epochs once the policy moved this far "
+                                    "(approx. KL old -> new); None: always run ppo_epochs.")
+    normalise_reward: bool = Field(True, description="Scale scores by running mean/std before the KL penalty.")
+    reward_clip: float | None = Field(5.0, gt=0, description="Clip normalised scores to +-this (None: off).")
+    whiten_advantages: bool = Field(True, description="Zero-mean, unit-variance advantages per batch.")
+    value_init: Literal["reward_model", "policy"] = Field("reward_model", description="Value model backbone and head "
+                                                           "start: the reward model (head included) or the policy.")
+    ref: Literal["sft", "prev"] = Field("sft", description="KL reference: the SFT policy or the round's start policy.")
+    checkpoint_every: int = Field(5, ge=0, description="Iterations between resumable checkpoints (0: none).")
+
+
+class RaftConfig(_Section):
+    """RAFT rounds: SFT (TRL SFTTrainer) on the best of the round's rejection samples."""
+
+    select: Literal["top_k", "top_fraction"] = Field("top_k", description="top_k per prompt, or top fraction overall.")
+    k: int = Field(1, ge=1, description="top_k: responses kept per prompt.")
+    fraction: float = Field(0.25, gt=0, le=1, description="top_fraction: share of all responses kept.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the selected responses.")
+    batch_size: int = Field(16, gt=0, description="Examples per optimizer step.")
+    checkpoint_every: int = Field(20, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
+
+
+class EvaluateConfig(_Section):
+    max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature for evaluation samples.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    samples_per_prompt: int = Field(4, ge=1, description="Samples per held-out prompt.")
+    batch_size: int = Field(64, gt=0, description="Prompts per generate() call.")
+    seed: int = Field(1234, description="Evaluation sampling seed (fixed so rounds are compared on equal terms).")
+    bootstrap_resamples: int = Field(1000, ge=100, description="Bootstrap resamples (over prompts) for the 95 % "
+                                     "confidence intervals.")
+
+
+EVAL_METRICS = ("proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
+                "length_tokens", "distinct_2")
+EvalMetric = Literal["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold",
+                     "win_rate_vs_champion_proxy", "win_rate_vs_champion_gold", "kl_to_sft", "length_tokens",
+                     "distinct_1", "distinct_2", "self_bleu", "ranking_accuracy", "ranking_accuracy_vs_sft",
+                     "proxy_gold_gap"]
+ROUND_METRICS: tuple[str, ...] = get_args(EvalMetric)  # the scalars of a round's eval.json: registry tags, report rows
+
+
+class GateConfig(_Section):
+    """When a round's candidate becomes champion. Metrics are keys of the round's eval.json."""
+
+    beat_champion: list[EvalMetric] = Field(
+        default_factory=lambda: ["proxy_reward"],
+        description="Metrics (higher is better) on which the candidate must exceed the champion by min_improvement; "
+        "before any round is promoted the champion is SFT.")
+    min_improvement: float = Field(0.0, ge=0, description="Margin the candidate must beat the champion by, per metric.")
+    max: dict[EvalMetric, float] = Field(default_factory=lambda: {"kl_to_sft": 20.0},
+                                         description="Caps: metric -> highest allowed value (e.g. kl_to_sft).")
+    min: dict[EvalMetric, float] = Field(default_factory=dict,
+                                         description="Floors: metric -> lowest allowed value (e.g. win_rate_vs_sft_proxy).")
+
+
+class RegistryConfig(_Section):
+    """MLflow model registry: a version per round, `candidate`/`champion` aliases, the promotion gate."""
+
+    enabled: bool = Field(True, description="Register each round's policy (stage register_<round>).")
+    model_name: str | None = Field(None, description="Registered model name (None: '<experiment>-policy').")
+    log_weights: bool = Field(False, description="Also upload the weights as run artifacts (default: record the "
+                              "local location and content hash only).")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
+
+
+class OrchestrationConfig(_Section):
+    """Read by the Prefect flows only: no DVC stage depends on it, so changing it reruns nothing."""
+
+    retries: int = Field(1, ge=0, description="Prefect retries of a failed stage task before the flow fails.")
+    retry_delay_s: float = Field(10.0, ge=0, description="Seconds between those retries.")
+    gpus: int | None = Field(None, ge=0, description="Size of the 'gpu' concurrency limit (None: the GPUs visible).")
+    generate_shards: int = Field(
+        1, ge=1, description="Split a round's generation into this many shard tasks run in parallel (one GPU each; "
+        "Ray tasks with the Ray task runner). The merged samples are identical to one shard.")
+
+
+class LoraConfig(_Section):
+    """Low-rank adapters (PEFT) instead of full fine-tuning; the stage merges them before saving a full model."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters (PEFT) in sft, dpo and raft instead of every weight; "
+                          "the saved policy is the merged full model, so later stages load it unchanged.")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' (every linear layer but the LM head) or a "
+        "list of module names, e.g. [q_proj, v_proj].")
+    reward_model: bool = Field(False, description="Also train the reward model(s) with LoRA (the score head is trained "
+                               "in full); off: full fine-tuning.")
+
+
+class TrainConfig(_Section):
+    """Shared by the TRL-trained stages (sft, reward_model, dpo, raft): memory savers and multi-GPU launch."""
+
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass instead of "
+                                         "storing them: less memory, about a third more compute (TRL's default, on). "
+                                         "Off for speed when activations fit.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (PEFT).")
+    distributed: Literal["auto", "off", "ddp", "fsdp", "zero2"] = Field(
+        "auto", description="With more than one visible CUDA GPU the stage relaunches itself through `accelerate "
+        "launch` with configs/accelerate/ddp.yaml, fsdp.yaml or zero2.yaml (DeepSpeed ZeRO-2), one process per GPU "
+        "(auto: ddp). off: one process. batch_size stays the global batch (split over the processes).")
+
+    @model_validator(mode="after")
+    def _lora_fsdp(self) -> "TrainConfig":
+        if self.lora.enabled and self.distributed == "fsdp":
+            raise ValueError("lora.enabled with distributed 'fsdp' is not supported here (merging sharded adapters "
+                             "before the save) (fix: distributed: ddp or zero2)")
+        return self
+
+
+class RoundConfig(_Section):
+    algo: Literal["dpo", "ppo", "raft"] = Field("dpo", description="dpo: pairs from rejection sampling, TRL DPO. ppo: "
+                                                "on-policy PPO against the reward model. raft: SFT on the best samples.")
+    prev: str = Field(description="The round before this one: 'sft' or an earlier round's name.")
+    start: Literal["prev", "champion"] = Field(
+        "prev", description="Start from prev's policy, or from the champion after prev's registration (a round the "
+        "gate rejected then does not seed the next one).")
+    generate: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level generate section.")
+    score: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level score section.")
+    pairs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level pairs section.")
+    dpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level dpo section.")
+    ppo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level ppo section.")
+    raft: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level raft section.")
+
+
+_ROUND_SECTIONS: dict[str, type[_Section]] = {
+    "generate": GenerateConfig, "score": ScoreConfig, "pairs": PairsConfig, "dpo": DPOConfig, "ppo": PPOConfig,
+    "raft": RaftConfig,
+}
+ROUND_SECTIONS = tuple(_ROUND_SECTIONS)  # the sections a round can override
+
+
+def _round_errors(rounds: dict, bases: dict[str, dict], registry_enabled: bool = True) -> list[dict]:
+    """Problems of ``rounds`` (name -> mapping) as pydantic-style error dicts with full ``loc`` paths.
+
+    Checks round names, that each ``prev`` is 'sft' or an earlier round, and each override section merged over
+    ``bases[section]`` (the top-level section's values). Shared by the model validator and :func:`load_params`,
+    which reruns it on the raw YAML when field errors stopped pydantic before the model validator.
+    """
+    errors: list[dict] = []
+    seen = ["sft"]
+    for name, rnd in rounds.items():
+        if not isinstance(name, str) or not ROUND_NAME.match(name) or name == "sft":
+            errors.append({"loc": ("rounds", name), "type": "round",
+                           "msg": "invalid round name (fix: letters, digits, '_'; not 'sft')"})
+        rnd = rnd if isinstance(rnd, dict) else {}
+        prev = rnd.get("prev")
+        if isinstance(prev, str) and prev not in seen:
+            errors.append({"loc": ("rounds", name, "prev"), "type": "round",
+                           "msg": f"'{prev}' is not 'sft' or an earlier round (fix: one of {seen})"})
+        seen.append(name)
+        if rnd.get("start") == "champion" and not registry_enabled:
+            errors.append({"loc": ("rounds", name, "start"), "type": "round",
+                           "msg": "'champion' needs registry.enabled: true (fix: enable the registry or use start: prev)"})
+        for section, model in _ROUND_SECTIONS.items():
+            override = rnd.get(section)
+            if not isinstance(override, dict):
+                continue  # absent, or a wrong type that field validation reports
+            try:
+                model.model_validate(merge(bases[section], override))
+            except ValidationError as exc:
+                errors.extend({**e, "loc": ("rounds", name, section, *e["loc"])} for e in exc.errors())
+    return errors
+
+
+class Params(_Section):
+    experiment: str = Field("alignloop", description="MLflow experiment name; registered model is '<experiment>-policy'.")
+    seed: int = Field(0, description="Global seed: corpus, splits, init, sampling.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Embedded synthetic task.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the raw data comes from.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Validation, dedup, filters and split.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model and tokenizer.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning (TRL SFTTrainer).")
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward model (TRL RewardTrainer).")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Default rejection-sampling settings.")
+    score: ScoreConfig = Field(default_factory=ScoreConfig, description="Default reward scoring settings.")
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description="Default pair selection.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Default DPO settings (TRL DPOTrainer).")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="Default PPO settings (alignloop/ppo.py).")
+    raft: RaftConfig = Field(default_factory=RaftConfig, description="Default RAFT settings (TRL SFTTrainer).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings shared by sft, "
+                               "reward_model, dpo and raft (gradient checkpointing, LoRA, multi-GPU).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
+    rounds: dict[str, RoundConfig] = Field(default_factory=dict, description="Ordered rounds, each naming its 'prev'.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow model registry and promotion.")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
+                                               description="Prefect flow settings (retries, GPU slots, shards).")
+
+    @model_validator(mode="after")
+    def _check_rounds(self) -> "Params":
+        errors = _round_errors(
+            {name: rnd.model_dump() for name, rnd in self.rounds.items()},
+            {section: getattr(self, section).model_dump() for section in _ROUND_SECTIONS},
+            registry_enabled=self.registry.enabled,
+        )
+        if errors:
+            raise ValueError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
+        return self
+
+    # --- per-round effective settings ---------------------------------------------------------
+    def round_section(self, round_name: str, section: str):
+        rnd = self.rounds[round_name]
+        base = getattr(self, section)
+        return type(base)(**merge(base.model_dump(), getattr(rnd, section)))
+
+    def resolved(self) -> dict:
+        """Every value, defaults included, as plain data; each round carries its own algo/prev/start and every
+        per-round section already merged over the top-level one. ``alignloop render`` writes this to
+        params.resolved.yaml, which the DVC stages' ``params`` read, so a changed default reruns exactly the stages
+        that read it and an edited docstring here reruns nothing."""
+        out = self.model_dump(mode="json")
+        out["rounds"] = {
+            name: {"algo": rnd.algo, "prev": rnd.prev, "start": rnd.start,
+                   **{s: self.round_section(name, s).model_dump(mode="json") for s in _ROUND_SECTIONS}}
+            for name, rnd in self.rounds.items()
+        }
+        return out
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"{self.experiment}-policy"
+
+
+# --- loading with line numbers ------------------------------------------------------------------
+
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+    """Map key paths (tuples) to 1-based line numbers in the YAML source."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            p = path + (key_node.value,)
+            out[p] = key_node.start_mark.line + 1
+            _line_index(value_node, p, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            p = path + (i,)
+            out[p] = item.start_mark.line + 1
+            _line_index(item, p, out)
+    return out
+
+
+_FIXES = {
+    "extra_forbidden": "remove it or check its spelling against `alignloop config --help-fields`",
+    "missing": "add it",
+}
+
+
+def _format_errors(errors: list[dict], source: str, lines: dict) -> str:
+    msgs = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        # Find the deepest key path that has a line number.
+        line = None
+        for k in range(len(loc), 0, -1):
+            if loc[:k] in lines:
+                line = lines[loc[:k]]
+                break
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        where = f"{source}:{line}" if line else source
+        if e["type"] in ("value_error", "round"):
+            # Our own checks: the message names the problem and its fix.
+            msgs.append(f"{where}: {key}: {str(e['msg']).removeprefix('Value error, ')}")
+            continue
+        fix = _FIXES.get(e["type"], "give a value of the right type/range")
+        got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e.get("input"), dict) else ""
+        msgs.append(f"{where}: {key}: {e['msg']}{got} (fix: {fix})")
+    return f"{source}: {len(msgs)} problem(s):\n" + "\n".join(f"  {m}" for m in msgs)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found (fix: run from the repo root, or copy params.yaml from the repo)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (fix: see README 'Params reference')")
+    lines = _line_index(node) if node is not None else {}
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        # Field errors stop pydantic before the rounds check (a model validator), so the rounds are checked here
+        # on the raw mapping instead, and every problem is listed at once, each with its own line.
+        errors = [e for e in exc.errors() if e["loc"] or e["type"] != "value_error"]
+        rounds = raw.get("rounds") if isinstance(raw.get("rounds"), dict) else {}
+        bases = {}
+        for section, model in _ROUND_SECTIONS.items():
+            try:
+                bases[section] = model.model_validate(raw.get(section) or {}).model_dump()
+            except ValidationError:  # reported above; check the round overrides against the defaults
+                bases[section] = model().model_dump()
+        registry = raw.get("registry") if isinstance(raw.get("registry"), dict) else {}
+        errors += _round_errors(rounds, bases, registry_enabled=registry.get("enabled", True) is not False)
+        raise ConfigError(_format_errors(errors, str(path), lines)) from None
+
+
+def field_help(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, help) for every field, recursively — the params reference."""
+    rows = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.append((key, "", f.description or ""))
+            rows.extend(field_help(ann, key + "."))
+        else:
+            default = "" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            rows.append((key, default, f.description or ""))
+    return rows

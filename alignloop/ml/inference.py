@@ -1,0 +1,222 @@
+"""Batched inference over a model: sampling, reward scoring, sequence log-probabilities.
+
+These take loaded models and plain Python lists and return plain lists, so stages stay thin IO.
+Generation uses HF ``generate`` with left padding and the KV cache, ``n`` samples per prompt expanded
+from one prompt encoding; scoring and log-probs sort by length so each batch pads little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from alignloop.ml.modeling import render_full, render_prompt
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest occurrence of any stop string (the stop string itself is dropped, as vLLM does);
+    returns the text and whether a stop string was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
+
+
+def finish_row(tokenizer, ids: list[int], stop: Sequence[str] = ()) -> tuple[str, int, str]:
+    """``(response, num_tokens, finish_reason)`` of one generated id sequence, the same for every backend:
+    ids end at the first EOS (kept in the count), padding is dropped, text is cut at the first stop string."""
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id) + 1]
+        finish = "stop"
+    else:
+        ids = [t for t in ids if t != pad_id]
+        finish = "length"
+    text, hit = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+    return text.strip(), len(ids), "stop" if hit else finish
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield i, items[i : i + size]
+
+
+@torch.no_grad()
+def check_prompt_lengths(path: str, prompts: list[dict], tokenizer, max_tokens: int, what: str) -> None:
+    """Every prompt, rendered with the chat template, must fit in ``max_tokens``: a longer one would lose its end
+    (the generation prompt) to truncation. A DataError lists each too-long prompt by file line."""
+    from alignloop.core.files import DataError, line_numbers
+
+    texts = [render_prompt(tokenizer, p["prompt"]) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    bad = [(p["id"], n) for p, n in zip(prompts, lengths) if n > max_tokens]
+    if bad:
+        lines = line_numbers(path)
+        shown = "\n".join(f"  {path}:{lines.get(i, '?')}: prompt {i!r} has {n} tokens > {max_tokens}" for i, n in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(f"{path}: {len(bad)} prompt(s) longer than the {max_tokens} tokens {what} leaves for the prompt:\n"
+                        f"{shown}{more}\n(fix: raise model.max_length, or lower curate.max_prompt_chars so curation "
+                        "drops such prompts (counted in its metrics), then `dvc repro`)")
+
+
+def sample(
+    model,
+    tokenizer,
+    prompts: list[tuple[str, object]],
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    max_prompt_tokens: int,
+    stop: Sequence[str] = (),
+    first_idx: dict | None = None,
+    desc: str = "generate",
+) -> list[dict]:
+    """Sample ``n`` responses per ``(prompt_id, prompt)``; rows follow the samples contract.
+
+    Seeding: batch ``b`` samples under ``torch.manual_seed(seed + b)``, so a rerun with the same prompts,
+    batch size and seed reproduces every sample; the seed used is recorded per row. ``stop``: strings that end a
+    response (generation halts there; the text is cut before it). ``first_idx``: per prompt id, the
+    ``sample_idx`` of its first sample here (for adding samples to a prompt that has some).
+    """
+    model.eval()
+    eos_id = tokenizer.eos_token_id
+    rows: list[dict] = []
+    bar = tqdm(total=len(prompts) * n, desc=desc, unit="sample", mininterval=2.0)
+    for b, (_, batch) in enumerate(_batches(prompts, batch_size)):
+        texts = [render_prompt(tokenizer, p) for _, p in batch]
+        enc = tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False,
+            truncation=True, max_length=max_prompt_tokens,
+        ).to(model.device)
+        batch_seed = seed + b
+        torch.manual_seed(batch_seed)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+            eos_token_id=eos_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **({"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}),
+        )
+        gen = out[:, enc["input_ids"].shape[1]:]
+        for j, (pid, prompt) in enumerate(batch):
+            base = (first_idx or {}).get(pid, 0)
+            for k in range(n):
+                text, num_tokens, finish = finish_row(tokenizer, gen[j * n + k].tolist(), stop)
+                rows.append({
+                    "prompt_id": pid,
+                    "sample_idx": base + k,
+                    "prompt": prompt,
+                    "response": text,
+                    "num_tokens": num_tokens,
+                    "finish_reason": finish,
+                    "seed": batch_seed,
+                })
+        bar.update(len(batch) * n)
+    bar.close()
+    return rows
+
+
+def _sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def reward_scores(rm, tokenizer, prompts: list, responses: list[str], *, batch_size: int, max_length: int, desc: str = "score",
+                  progress: bool = True) -> list[float]:
+    """Scalar reward of each (prompt, response), scored as the chat template renders a finished turn."""
+    rm.eval()
+    texts = [render_full(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    encoded = [tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    scores = [0.0] * len(texts)
+    batches = _sorted_batches([len(e) for e in encoded], batch_size)
+    for idx in tqdm(batches, desc=desc, unit="batch", mininterval=2.0, disable=not progress):
+        # Right padding: the classification head pools the last non-pad token either way.
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, : len(encoded[i])] = 1
+        logits = rm(input_ids=ids.to(rm.device), attention_mask=mask.to(rm.device)).logits[:, 0].float().cpu()
+        for row, i in enumerate(idx):
+            scores[i] = float(logits[row])
+    return scores
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, prompts: list, responses: list[str], *, batch_size: int, max_length: int, desc: str = "logprobs") -> list[float]:
+    """Sum of log p(response tokens | prompt) under ``model``, response tokens including the closing EOS."""
+    model.eval()
+    pairs = []
+    for p, r in zip(prompts, responses):
+        prompt_ids = tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render_full(tokenizer, p, r), add_special_tokens=False)["input_ids"][:max_length]
+        pairs.append((full_ids, min(len(prompt_ids), len(full_ids))))
+    out = [0.0] * len(pairs)
+    for idx in tqdm(_sorted_batches([len(f) for f, _ in pairs], batch_size), desc=desc, unit="batch", mininterval=2.0):
+        width = max(len(pairs[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        resp = torch.zeros((len(idx), width), dtype=torch.bool)
+        for row, i in enumerate(idx):
+            full, plen = pairs[i]
+            ids[row, : len(full)] = torch.tensor(full)
+            mask[row, : len(full)] = 1
+            resp[row, plen : len(full)] = True
+        ids, mask, resp = ids.to(model.device), mask.to(model.device), resp.to(model.device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        # Token t is predicted from position t-1.
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        total = (logp * resp[:, 1:]).sum(-1).cpu()
+        for row, i in enumerate(idx):
+            out[i] = float(total[row])
+    return out
+
+
+class RewardEnsemble:
+    """The round's reward model(s) as one scorer: every member scores, alignloop.core.ensemble.aggregate combines them
+    (one member: its own scores). ``keep_loaded``: hold the members between calls, for callers that score many
+    times (PPO iterations, adaptive-budget waves); otherwise each call loads them one at a time, so k members never
+    share memory."""
+
+    def __init__(self, paths: list[str], model_cfg, *, batch_size: int, aggregate: str = "mean",
+                 std_penalty: float = 1.0, keep_loaded: bool = False):
+        self.paths, self.model_cfg, self.batch_size = paths, model_cfg, batch_size
+        self.aggregate, self.std_penalty = aggregate, std_penalty
+        self._loaded = [self._load(p) for p in paths] if keep_loaded else None
+
+    @classmethod
+    def from_params(cls, paths: list[str], params, score_cfg, *, keep_loaded: bool = False) -> RewardEnsemble:
+        """The reward models at ``paths`` combined as ``score_cfg`` (a score section) says."""
+        return cls(paths, params.model, batch_size=score_cfg.batch_size,
+                   aggregate=score_cfg.aggregate, std_penalty=score_cfg.std_penalty, keep_loaded=keep_loaded)
+
+    def _load(self, path: str):
+        from alignloop.ml.modeling import load_reward_model, load_tokenizer, to_device
+
+        return to_device(load_reward_model(path, self.model_cfg)), load_tokenizer(path, self.model_cfg)
+
+    def __call__(self, prompts: list, responses: list[str], *, desc: str = "score", progress: bool = True
+                 ) -> tuple[list[float], list[list[float]]]:
+        """``(rewards, member_rewards)`` of each (prompt, response)."""
+        from alignloop.core.ensemble import aggregate
+
+        members = []
+        for k, path in enumerate(self.paths):
+            rm, tok = self._loaded[k] if self._loaded else self._load(path)
+            members.append(reward_scores(rm, tok, prompts, responses, batch_size=self.batch_size,
+                                         max_length=self.model_cfg.max_length, progress=progress,
+                                         desc=desc if len(self.paths) == 1 else f"{desc} (member {k + 1}/{len(self.paths)})"))
+            del rm
+        rewards = members[0] if len(members) == 1 else aggregate(members, self.aggregate, self.std_penalty)
+        return rewards, members

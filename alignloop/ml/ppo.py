@@ -1,0 +1,242 @@
+"""PPO for a causal LM against a reward model, written out top to bottom (TRL 1.16 has no PPO trainer).
+
+One iteration ("phase"):
+  1. rollout   sample one response per prompt from the current policy (batched HF generate, KV cache);
+  2. evaluate  log-probs under the policy (old) and the frozen reference, per-token values from the value model,
+               the reward model's score of each finished response (ensemble-aggregated like the score stage);
+  3. reward    normalise and clip the scores with running moments; per-token reward = -beta * KL_t, plus the score
+               on the last token (alignloop.ml.rl.token_rewards); beta from a fixed or adaptive KL controller;
+  4. advantage GAE over the response tokens, whitened across the batch;
+  5. optimise  `ppo_epochs` passes of shuffled minibatches: clipped policy loss (- entropy bonus) and clipped
+               value loss, each model with its own AdamW; the passes stop early when the policy moved more than
+               `target_kl` (approximate KL between old and new policy);
+  6. guard     if the rollout KL to the reference exceeds `kl_limit`, training stops and the policy goes back to
+               the last iteration whose rollouts were under it, so the saved policy respects the limit;
+  7. checkpoint every `checkpoint_every` iterations: policy, value model, optimisers, controller, reward moments
+               and RNG state, atomically; a killed stage resumes from the last checkpoint.
+All the arithmetic is in alignloop.ml.rl (pure, hand-tested); this file is the loop and the tensors' plumbing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from alignloop.ml import rl
+
+
+@dataclass
+class Batch:
+    """One rollout: ``seq`` = prompt (left-padded) + response tokens; per-token tensors cover the response part."""
+
+    seq: torch.Tensor        # [B, P+T]
+    attn: torch.Tensor       # [B, P+T]
+    prompt_len: int          # P
+    mask: torch.Tensor       # [B, T] 1 on response tokens up to and including EOS
+    old_logp: torch.Tensor   # [B, T]
+    ref_logp: torch.Tensor   # [B, T]
+    values: torch.Tensor     # [B, T]
+    scores: torch.Tensor     # [B] raw reward-model scores
+    texts: list[str]
+
+
+def _positions(attn: torch.Tensor) -> torch.Tensor:
+    # Left padding: real tokens count from 0, as generate() numbered them.
+    return (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(model, seq, attn, prompt_len: int, temperature: float, with_entropy: bool = False):
+    """log p(response token t | prefix) for each response position (and the entropy there)."""
+    logits = model(input_ids=seq, attention_mask=attn, position_ids=_positions(attn)).logits
+    logits = logits[:, prompt_len - 1:-1].float() / temperature  # position i predicts token i+1
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, seq[:, prompt_len:, None]).squeeze(-1)
+    return (logp, rl.entropy_from_logits(logits)) if with_entropy else logp
+
+
+def response_values(value_model, seq, attn, prompt_len: int):
+    """V(state before response token t): the value head at the position that predicts token t."""
+    out = value_model(input_ids=seq, attention_mask=attn, position_ids=_positions(attn)).logits[..., 0]
+    return out[:, prompt_len - 1:-1].float()
+
+
+def response_mask(resp: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each row (all ones when there is none)."""
+    is_eos = (resp == eos_id).int()
+    after = (is_eos.cumsum(-1) - is_eos) > 0  # strictly after the first EOS
+    return (~after).float()
+
+
+@torch.no_grad()
+def rollout(policy, ref, value_model, tokenizer, prompts: list, cfg, score_fn) -> Batch:
+    from alignloop.ml.modeling import render_prompt
+
+    policy.eval()
+    value_model.eval()
+    enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
+                    add_special_tokens=False, truncation=True, max_length=cfg.max_prompt_tokens).to(policy.device)
+    out = policy.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=1.0, top_k=0,
+                          max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    p_len = enc["input_ids"].shape[1]
+    resp = out[:, p_len:]
+    mask = response_mask(resp, tokenizer.eos_token_id)
+    attn = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+    texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(resp, mask)]
+    return Batch(seq=out, attn=attn, prompt_len=p_len, mask=mask,
+                 old_logp=response_logprobs(policy, out, attn, p_len, cfg.temperature),
+                 ref_logp=response_logprobs(ref, out, attn, p_len, cfg.temperature),
+                 values=response_values(value_model, out, attn, p_len),
+                 scores=torch.tensor(score_fn(prompts, texts), dtype=torch.float32), texts=texts)
+
+
+class PPOTrainer:
+    def __init__(self, policy, ref, value_model, tokenizer, cfg, score_fn, seed: int):
+        self.policy, self.ref, self.value, self.tok, self.cfg, self.score_fn = policy, ref, value_model, tokenizer, cfg, score_fn
+        self.ref.eval().requires_grad_(False)
+        # No dropout anywhere: old log-probs and values are computed in eval mode, and the ratio must compare the
+        # same function before and after the update (as OpenRLHF and TRL's PPO did). It also makes a resumed run
+        # draw the same random numbers as an uninterrupted one.
+        for m in [*policy.modules(), *value_model.modules()]:
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        self.opt_pi = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.opt_v = torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, weight_decay=0.0)
+        self.kl_ctl = (rl.AdaptiveKL(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_controller == "adaptive"
+                       else rl.FixedKL(cfg.kl_coef))
+        self.moments = rl.RunningMoments()
+        self.iteration = 0
+        self.history: list[dict] = []
+        self.stopped = ""
+        self.seed = seed
+        self._last_good = None
+        torch.manual_seed(seed)
+
+    # -- one iteration -------------------------------------------------------------------------------------------
+
+    def step(self, prompts: list) -> dict:
+        cfg = self.cfg
+        b = rollout(self.policy, self.ref, self.value, self.tok, prompts, cfg, self.score_fn)
+        kl = rl.KL_ESTIMATORS[cfg.kl_estimator](b.old_logp, b.ref_logp) * b.mask
+        seq_kl = float(kl.sum(1).mean())  # mean over responses of the summed per-token KL to the reference
+        if seq_kl > cfg.kl_limit:
+            return {"kl_to_ref": seq_kl, "stop": True}
+        self._last_good = {k: v.detach().clone().cpu() for k, v in self.policy.state_dict().items()}
+
+        self.moments.update(b.scores)
+        scores = rl.normalise_scores(b.scores, self.moments, cfg.reward_clip) if cfg.normalise_reward else b.scores
+        rewards = rl.token_rewards(scores, kl, b.mask, self.kl_ctl.value)
+        adv, returns = rl.gae(rewards, b.values, b.mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            adv = rl.whiten(adv, b.mask)
+
+        self.policy.train()
+        self.value.train()
+        stats: dict[str, list[float]] = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "entropy": [], "approx_kl": []}
+        n = b.seq.shape[0]
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n)
+            epoch_kl = []
+            for i in range(0, n, cfg.minibatch_size):
+                idx = order[i:i + cfg.minibatch_size]
+                seq, attn, m = b.seq[idx], b.attn[idx], b.mask[idx]
+                logp, ent = response_logprobs(self.policy, seq, attn, b.prompt_len, cfg.temperature, with_entropy=True)
+                pg, clipfrac = rl.policy_loss(logp, b.old_logp[idx], adv[idx], m, cfg.clip_range)
+                entropy = rl.masked_mean(ent, m)
+                self.opt_pi.zero_grad()
+                (pg - cfg.entropy_coef * entropy).backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.opt_pi.step()
+
+                vpred = response_values(self.value, seq, attn, b.prompt_len)
+                vf = rl.value_loss(vpred, b.values[idx], returns[idx], m, cfg.value_clip)
+                self.opt_v.zero_grad()
+                vf.backward()
+                torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.max_grad_norm)
+                self.opt_v.step()
+
+                with torch.no_grad():
+                    approx = float(rl.masked_mean(rl.kl_k3(b.old_logp[idx], logp.detach()), m))
+                for k, v in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", clipfrac), ("entropy", entropy),
+                             ("approx_kl", approx)):
+                    stats[k].append(float(v.detach()) if torch.is_tensor(v) else float(v))
+                epoch_kl.append(approx)
+            if cfg.target_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+                break  # the policy already moved far from the one that collected this batch
+
+        self.kl_ctl.update(seq_kl, n)
+        self.iteration += 1
+        out = {"iteration": self.iteration, "score": float(b.scores.mean()), "kl_to_ref": seq_kl,
+               "kl_coef": self.kl_ctl.value, "response_tokens": float(b.mask.sum(1).mean()),
+               **{k: sum(v) / len(v) for k, v in stats.items() if v}}
+        self.history.append(out)
+        return out
+
+    def restore_last_good(self) -> None:
+        if self._last_good is not None:
+            self.policy.load_state_dict(self._last_good)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        from alignloop.core import files
+
+        with files.atomic_dir(path) as tmp:
+            self.policy.save_pretrained(tmp / "policy")
+            self.value.save_pretrained(tmp / "value")
+            # Optimiser/controller/RNG state: tensors and numbers only, loaded back with weights_only=True.
+            torch.save({"opt_pi": self.opt_pi.state_dict(), "opt_v": self.opt_v.state_dict(),
+                        "kl_coef": self.kl_ctl.value, "moments": self.moments.state_dict(),
+                        "iteration": self.iteration, "history": self.history, "rng": torch.get_rng_state()}, tmp / "state.pt")
+
+    def load(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        for model, sub in ((self.policy, "policy"), (self.value, "value")):
+            got = model.load_state_dict(load_file(path / sub / "model.safetensors"), strict=False)
+            missing = [k for k in got.missing_keys if not k.endswith("lm_head.weight")]  # tied to the embeddings
+            if missing or got.unexpected_keys:
+                raise RuntimeError(f"{path / sub}: checkpoint does not match the model (missing {missing[:3]}, "
+                                   f"unexpected {got.unexpected_keys[:3]}); fix: delete {path} to start over")
+        state = torch.load(path / "state.pt", weights_only=True)
+        self.opt_pi.load_state_dict(state["opt_pi"])
+        self.opt_v.load_state_dict(state["opt_v"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.moments.load_state_dict(state["moments"])
+        self.iteration, self.history = state["iteration"], state["history"]
+        torch.set_rng_state(state["rng"])
+
+
+def prompt_schedule(num_prompts: int, batch: int, iteration: int, seed: int) -> list[int]:
+    """Indices of iteration ``iteration``'s prompts: a seeded shuffle of all prompts, walked in order and reshuffled
+    each pass, so every iteration's prompts are fixed by (seed, iteration) — the same after a resume."""
+    out: list[int] = []
+    start = iteration * batch
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), num_prompts)
+        order = list(range(num_prompts))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        out.extend(order[offset: offset + batch - len(out)])
+    return out
+
+
+def train(trainer: PPOTrainer, prompts: list, cfg, ckpt_dir: Path | None, log=print) -> dict:
+    """Run iterations from the trainer's current one to ``cfg.iterations`` with checkpoints and the KL guard."""
+    bar = tqdm(total=cfg.iterations, initial=trainer.iteration, desc="ppo", unit="iter")
+    while trainer.iteration < cfg.iterations:
+        idx = prompt_schedule(len(prompts), cfg.rollout_prompts, trainer.iteration, trainer.seed)
+        out = trainer.step([prompts[i] for i in idx])
+        if out.get("stop"):
+            trainer.restore_last_good()
+            trainer.stopped = f"kl_limit: rollout KL to reference {out['kl_to_ref']:.2f} > {cfg.kl_limit}"
+            log(f"ppo: stopping at iteration {trainer.iteration}: {trainer.stopped}; keeping the last policy under it")
+            break
+        bar.update(1)
+        bar.set_postfix(score=f"{out['score']:.3f}", kl=f"{out['kl_to_ref']:.2f}")
+        if ckpt_dir is not None and cfg.checkpoint_every and trainer.iteration % cfg.checkpoint_every == 0:
+            trainer.save(ckpt_dir)
+    bar.close()
+    return {"iterations": trainer.iteration, "stopped": trainer.stopped}

@@ -1,0 +1,59 @@
+"""What every stage's ``main`` shares: argument parsing, the stale-render check, the multi-GPU relaunch and turning
+known errors into clear exits."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from collections.abc import Callable
+
+from alignloop.core.config import ConfigError, Params, load_params
+from alignloop.core.files import DataError
+from alignloop.pipeline.specs import StageSpec
+
+
+def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], None], *,
+               extra_rounds: tuple[str, ...] = (), argv: list[str] | None = None) -> int:
+    """Parse ``--params`` (and ``--round``), load and validate params, run ``body``.
+
+    Bad params, bad data and missing inputs end with ``error: ...`` on stderr and exit code 2, not a traceback:
+    the messages already name the file, the line and the fix.
+    """
+    name, needs_round = spec.module.rsplit(".", 1)[-1], spec.scope == "round"
+    parser = argparse.ArgumentParser(prog=f"python -m {spec.module}", description=spec.help)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if needs_round:
+        parser.add_argument("--round", required=True, help="round name from params.yaml 'rounds'")
+    args = parser.parse_args(argv)
+    # Tokenizers' own thread pool fights torch's for 2 cores; DVC runs stages one at a time anyway.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        params = load_params(args.params)
+        if Path("dvc.yaml").exists() and not os.environ.get("ALIGNLOOP_SKIP_RENDER_CHECK"):
+            from alignloop.pipeline.render import stale_message
+
+            stale = stale_message(args.params, "dvc.yaml")
+            if stale:
+                raise ConfigError(stale)
+        if needs_round and args.round not in params.rounds and args.round not in extra_rounds:
+            raise ConfigError(
+                f"{args.params}: no round '{args.round}' under 'rounds' (fix: one of {[*extra_rounds, *params.rounds]}, "
+                "or add it and run `alignloop render`)"
+            )
+        from alignloop.ml.launch import maybe_relaunch
+
+        # More than one GPU visible: a training stage reruns itself as one accelerate worker per GPU and exits with
+        # their status (alignloop/launch.py); with one GPU or none this is None and the stage runs here.
+        code = maybe_relaunch(name, sys.argv[1:] if argv is None else list(argv), params.train.distributed)
+        if code is not None:
+            return code
+        from alignloop.ml.modeling import set_threads
+
+        set_threads()
+        body(params, args)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,179 @@
+"""Stage `evaluate`: measure one policy (``--round sft`` or a round) on the held-out prompts.
+
+Samples ``evaluate.samples_per_prompt`` responses per eval prompt with a fixed seed (all settings are params and are
+written into the result), then reports: mean proxy reward (the reward model, or the ensemble combined as the score
+stage does) and mean gold reward (embedded task only: the hidden function the pipeline never trains on), each with
+a 95 % bootstrap interval over prompts; win-rates against the SFT policy's and the current champion's samples on
+the same prompts and seeds, by proxy and by gold, with intervals; KL to SFT; response length; diversity
+(distinct-1/2, per-prompt self-BLEU); the reward model's held-out pair accuracy; the policy's ranking accuracy on
+held-out preference pairs (does it give the chosen response the higher likelihood, alone and relative to SFT —
+"Preference Learning Algorithms Do Not Learn Preference Rankings"); and the proxy-minus-gold gain gap over SFT, the
+over-optimisation signal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from alignloop.core import files
+from alignloop.core.metrics import (bootstrap_ci, distinct_n, kl_estimate, mean, overoptimisation_gap, pair_accuracy,
+                                    self_bleu, win_outcomes)
+from alignloop.pipeline import layout
+from alignloop.pipeline.entry import stage_main
+from alignloop.pipeline.lineage import champion_before, champion_sample_deps, reward_model_dirs
+from alignloop.pipeline.layout import eval_paths
+from alignloop.pipeline.specs import Ctx, StageSpec
+from alignloop.pipeline.tracking import stage_run
+
+PROMPTS, PREFS, RM_METRICS = layout.PROMPTS_EVAL, layout.PREFS_EVAL, layout.RM_METRICS
+_CODE = ("alignloop.ml.inference", "alignloop.ml.modeling", "alignloop.core.ensemble", "alignloop.core.metrics",
+         "alignloop.pipeline.lineage")
+_PARAMS = ("model", "evaluate", "score", "reward_model.ensemble", "data.source")
+
+
+def _gold(ctx: Ctx) -> list[str]:
+    return ["alignloop.core.synthetic"] if ctx.params.data.source == "embedded" else []
+
+
+def _deps(ctx: Ctx) -> list[str]:
+    return [PROMPTS, PREFS, *reward_model_dirs(ctx.params), RM_METRICS]
+
+
+def _round_deps(ctx: Ctx) -> list[str]:
+    sft_json, sft_samples = eval_paths("sft")
+    return list(dict.fromkeys([*_deps(ctx), layout.policy_dir(ctx.round), layout.SFT, sft_json, sft_samples,
+                               *champion_sample_deps(ctx.params, ctx.round)]))
+
+
+SPECS = [
+    StageSpec(name="evaluate_sft", module=__name__, scope="before", order=5, args="--round sft",
+              help="the SFT baseline on the held-out prompts", code=_CODE, extra_code=_gold, params=_PARAMS,
+              deps=lambda c: [*_deps(c), layout.SFT], outs=lambda c: [eval_paths("sft")[1]],
+              metrics=lambda c: [eval_paths("sft")[0]], gpu=True),
+    StageSpec(name="evaluate", module=__name__, scope="round", order=4,
+              help="proxy/gold reward, win-rates vs SFT and champion, KL, length, diversity, ranking accuracy",
+              code=_CODE, extra_code=_gold, params=(*_PARAMS, "registry.enabled"), round_params=("prev",),
+              deps=_round_deps, outs=lambda c: [eval_paths(c.round)[1]], metrics=lambda c: [eval_paths(c.round)[0]],
+              gpu=True),
+]
+
+
+def _ci(bounds: tuple[float, float]) -> dict[str, float]:
+    return {"low": bounds[0], "high": bounds[1]}
+
+
+def run(params, args) -> None:
+    from alignloop.ml.inference import RewardEnsemble, check_prompt_lengths, response_logprobs, sample
+    from alignloop.ml.modeling import load_causal_lm, load_tokenizer
+
+    name = args.round
+    e = params.evaluate
+    prompts = files.read_jsonl(PROMPTS, files.validate_prompt, id_key="id")
+    policy_dir = layout.policy_dir(name)
+    tokenizer = load_tokenizer(policy_dir, params.model)
+    check_prompt_lengths(PROMPTS, prompts, tokenizer, params.model.max_length - e.max_new_tokens,
+                         f"model.max_length {params.model.max_length} - evaluate.max_new_tokens {e.max_new_tokens}")
+    policy = load_causal_lm(policy_dir, params.model)
+    rows = sample(policy, tokenizer, [(p["id"], p["prompt"]) for p in prompts], n=e.samples_per_prompt,
+                  max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,
+                  seed=e.seed, max_prompt_tokens=params.model.max_length - e.max_new_tokens, desc=f"evaluate {name}")
+    texts_p, texts_r = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    pids = [r["prompt_id"] for r in rows]
+    kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
+    rm_dirs = reward_model_dirs(params)
+    proxy, _ = RewardEnsemble.from_params(reward_model_dirs(params), params, params.score)(texts_p, texts_r, desc="proxy reward")
+    for row, p in zip(rows, proxy):
+        row["proxy_reward"] = p
+    gold = None
+    if params.data.source == "embedded":
+        from alignloop.core.synthetic import gold_reward
+
+        gold = [gold_reward(p, r) for p, r in zip(texts_p, texts_r)]
+        for row, g in zip(rows, gold):
+            row["gold_reward"] = g
+
+    ci = dict(groups=pids, resamples=e.bootstrap_resamples, seed=e.seed)  # prompts are the unit of resampling
+    by_prompt: dict = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r["response"])
+    metrics = {
+        "policy": name,
+        "prompts": len(prompts),
+        "samples": len(rows),
+        "proxy_reward": mean(proxy),
+        "proxy_reward_ci": _ci(bootstrap_ci(proxy, **ci)),
+        "length_tokens": mean([r["num_tokens"] for r in rows]),
+        "distinct_1": distinct_n(texts_r, 1),
+        "distinct_2": distinct_n(texts_r, 2),
+        "self_bleu": mean([self_bleu(t) for t in by_prompt.values()]),
+        "stop_fraction": mean([r["finish_reason"] == "stop" for r in rows]),
+        "settings": {**e.model_dump(), "reward_models": rm_dirs, "aggregate": params.score.aggregate,
+                     "prompts_file": PROMPTS, "prefs_file": PREFS},
+    }
+    if gold is not None:
+        metrics["gold_reward"] = mean(gold)
+        metrics["gold_reward_ci"] = _ci(bootstrap_ci(gold, **ci))
+    rm_metrics = files.read_json(RM_METRICS)
+    if "eval_accuracy" in rm_metrics:
+        metrics["rm_eval_accuracy"] = rm_metrics["eval_accuracy"]
+
+    # Win-rates against the baselines' samples of the same prompts and seeds.
+    champion = champion_before(params, name)
+    metrics["champion"] = champion
+    for label, other in (("sft", "sft"), ("champion", champion)):
+        if other == name:  # SFT against itself: every comparison a tie
+            metrics.update({f"win_rate_vs_{label}_proxy": 0.5, **({f"win_rate_vs_{label}_gold": 0.5} if gold else {})})
+            continue
+        base = {(r["prompt_id"], r["sample_idx"]): r for r in files.read_jsonl(eval_paths(other)[1])}
+        missing = [k for k in ((r["prompt_id"], r["sample_idx"]) for r in rows) if k not in base]
+        if missing:
+            raise files.DataError(f"{eval_paths(other)[1]}: no sample for {missing[0]} (fix: `dvc repro evaluate_{other}`)")
+        ref = [base[(r["prompt_id"], r["sample_idx"])] for r in rows]
+        for kind, mine in (("proxy", proxy), ("gold", gold)):
+            if mine is None:
+                continue
+            outcomes = win_outcomes(mine, [b[f"{kind}_reward"] for b in ref])
+            metrics[f"win_rate_vs_{label}_{kind}"] = mean(outcomes)
+            metrics[f"win_rate_vs_{label}_{kind}_ci"] = _ci(bootstrap_ci(outcomes, **ci))
+
+    # KL to SFT on the policy's own samples, and ranking accuracy on held-out preference pairs.
+    sft_model = policy if name == "sft" else load_causal_lm(layout.policy_dir("sft"), params.model)
+    if name == "sft":
+        metrics["kl_to_sft"] = 0.0
+    else:
+        lp_pol = response_logprobs(policy, tokenizer, texts_p, texts_r, desc="logp policy", **kw)
+        lp_ref = response_logprobs(sft_model, tokenizer, texts_p, texts_r, desc="logp sft", **kw)
+        metrics["kl_to_sft"] = kl_estimate(lp_pol, lp_ref)
+    prefs = files.read_jsonl(PREFS, files.validate_pair, id_key="id", allow_empty=True)
+    if prefs:
+        pp = [x["prompt"] for x in prefs]
+        lp = {side: response_logprobs(policy, tokenizer, pp, [x[side] for x in prefs], desc=f"logp {side}", **kw)
+              for side in ("chosen", "rejected")}
+        metrics["ranking_accuracy"] = pair_accuracy(lp["chosen"], lp["rejected"])
+        if name == "sft":
+            metrics["ranking_accuracy_vs_sft"] = 0.5
+        else:  # the DPO implicit reward's ranking: log pi/pi_sft of chosen vs rejected
+            ref_lp = {side: response_logprobs(sft_model, tokenizer, pp, [x[side] for x in prefs], desc=f"logp sft {side}",
+                                              **kw) for side in ("chosen", "rejected")}
+            metrics["ranking_accuracy_vs_sft"] = pair_accuracy(
+                [a - b for a, b in zip(lp["chosen"], ref_lp["chosen"])],
+                [a - b for a, b in zip(lp["rejected"], ref_lp["rejected"])])
+    if gold is not None:
+        sft_m = metrics if name == "sft" else files.read_json(eval_paths("sft")[0])
+        metrics["proxy_gold_gap"] = overoptimisation_gap(metrics["proxy_reward"], metrics["gold_reward"],
+                                                         sft_m["proxy_reward"], sft_m["gold_reward"])
+    out_json, out_samples = eval_paths(name)
+    files.write_jsonl(out_samples, rows)
+    files.write_json(out_json, metrics)
+    shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
+    print(f"evaluate {name}: {shown}")
+    with stage_run(params.experiment, "evaluate", {"evaluate": e.model_dump()}, name) as run:
+        run.log_metrics({k: v for k, v in metrics.items() if k != "settings"})  # intervals as <name>_ci.low/.high
+
+
+def main(argv=None) -> int:
+    return stage_main(SPECS[1], run, extra_rounds=("sft",), argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

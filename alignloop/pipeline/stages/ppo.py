@@ -1,0 +1,117 @@
+"""Stage `ppo`: one PPO round (alignloop/ppo.py) from the round's start policy against the reward model(s).
+
+Inputs: the start policy, the KL reference (SFT or the start policy), the reward model(s) and the training prompts.
+The value model starts from the reward model (head included) or the policy. A checkpoint every
+``ppo.checkpoint_every`` iterations lives in ``.alignloop/ckpt/<round>/<fingerprint>/``; a rerun after a kill
+resumes from it when every input and setting is unchanged (the fingerprint), and it is deleted once the policy is
+saved. Outputs: ``data/rounds/<r>/policy`` and ``train_metrics.json`` (per-iteration history in MLflow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from alignloop.core import files
+from alignloop.core.seeds import round_seed
+from alignloop.pipeline import layout
+from alignloop.pipeline.entry import stage_main
+from alignloop.pipeline.lineage import reference_deps, reward_model_dirs, start_deps
+from alignloop.pipeline.specs import StageSpec, code_paths
+
+PROMPTS = layout.PROMPTS_TRAIN
+CKPT_ROOT = Path(layout.CKPT_ROOT)
+SPECS = [StageSpec(
+    name="ppo", module=__name__, scope="round", order=3,
+    help="PPO with a value model against the reward model(s), KL-penalised, checkpointed (alignloop.ml.ppo)",
+    code=("alignloop.ml.ppo", "alignloop.ml.rl", "alignloop.ml.inference", "alignloop.ml.modeling",
+          "alignloop.core.ensemble", "alignloop.core.seeds", "alignloop.pipeline.lineage"),
+    params=("seed", "model", "reward_model.ensemble"), round_params=("prev", "algo", "start", "ppo", "score"),
+    deps=lambda c: [*start_deps(c.params, c.round), *reference_deps(c.params, c.round, c.section("ppo").ref),
+                    *reward_model_dirs(c.params), PROMPTS],
+    outs=lambda c: [layout.policy_dir(c.round)], metrics=lambda c: [layout.train_metrics(c.round)],
+    applies=lambda c: c.rnd.algo == "ppo", gpu=True,
+)]
+
+
+def load_value_model(path: str, model_cfg):
+    """A per-token scalar head on a backbone (token classification, 1 label). From a reward model the head's
+    weights carry over, so values start as the reward model's score of each prefix."""
+    from transformers import AutoModelForTokenClassification
+
+    from alignloop.ml.modeling import _load_kwargs, from_pretrained
+
+    return from_pretrained(AutoModelForTokenClassification, path, "the value model", num_labels=1,
+                           **_load_kwargs(model_cfg, local=True))
+
+
+def run(params, args) -> None:
+    from alignloop.ml.inference import RewardEnsemble, check_prompt_lengths
+    from alignloop.pipeline.lineage import start_policy
+    from alignloop.ml.modeling import load_causal_lm, load_tokenizer, to_device
+    from alignloop.ml.ppo import PPOTrainer, train
+    from alignloop.pipeline.tracking import stage_run
+
+    r = args.round
+    c = params.round_section(r, "ppo")
+    start = start_policy(params, r)
+    ref_dir = layout.policy_dir("sft") if c.ref == "sft" else start
+    rm_dirs = reward_model_dirs(params)
+    rows = files.read_jsonl(PROMPTS, files.validate_prompt, id_key="id")[: c.max_prompts]
+    prompts = [p["prompt"] for p in rows]
+    seed = round_seed(params.seed, r)
+    cfg = SimpleNamespace(**c.model_dump(), max_prompt_tokens=params.model.max_length - c.max_new_tokens)
+
+    h = hashlib.sha256(json.dumps({"ppo": c.model_dump(), "seed": seed, "score": params.round_section(r, "score")
+                                   .model_dump(), "model": params.model.model_dump()}, sort_keys=True).encode())
+    files.hash_paths([Path(start), Path(ref_dir), *map(Path, rm_dirs), Path(PROMPTS), *code_paths(SPECS[0], params, r)], h)
+    ckpt = CKPT_ROOT / r / h.hexdigest()[:16]
+    for stale in (CKPT_ROOT / r).glob("*") if (CKPT_ROOT / r).is_dir() else []:
+        if stale != ckpt:
+            shutil.rmtree(stale, ignore_errors=True)  # another input or setting: never resumed from
+
+    tokenizer = load_tokenizer(start, params.model)
+    check_prompt_lengths(PROMPTS, rows, tokenizer, cfg.max_prompt_tokens,
+                         f"model.max_length {params.model.max_length} - ppo.max_new_tokens {c.max_new_tokens}")
+    policy = to_device(load_causal_lm(start, params.model))
+    ref = to_device(load_causal_lm(ref_dir, params.model))
+    value = to_device(load_value_model(rm_dirs[0] if c.value_init == "reward_model" else start, params.model))
+    value.config.pad_token_id = tokenizer.pad_token_id
+    rewards = RewardEnsemble.from_params(reward_model_dirs(params), params, params.round_section(r, "score"), keep_loaded=True)
+    trainer = PPOTrainer(policy, ref, value, tokenizer, cfg,
+                         lambda prompts, texts: rewards(prompts, texts, progress=False)[0], seed=seed)
+    if (ckpt / "state.pt").is_file():
+        trainer.load(ckpt)
+        print(f"ppo {r}: resumed from iteration {trainer.iteration} ({ckpt})", flush=True)
+    result = train(trainer, prompts, cfg, ckpt if c.checkpoint_every else None)
+
+    out = layout.policy_dir(r)
+    with files.atomic_dir(out) as tmp:
+        trainer.policy.save_pretrained(tmp)  # safetensors weights + config
+        tokenizer.save_pretrained(tmp)
+    hist = trainer.history
+    metrics = {"iterations": result["iterations"], "stopped_early": bool(result["stopped"]),
+               "score_first": hist[0]["score"], "score_last": hist[-1]["score"],
+               "kl_to_ref_last": hist[-1]["kl_to_ref"], "kl_coef_last": hist[-1]["kl_coef"],
+               "entropy_last": hist[-1].get("entropy", 0.0), "response_tokens_last": hist[-1]["response_tokens"]}
+    files.write_json(layout.train_metrics(r), metrics)
+    shutil.rmtree(CKPT_ROOT / r, ignore_errors=True)  # the policy is saved: nothing left to resume
+    print(f"ppo {r}: {metrics['iterations']} iterations, reward {metrics['score_first']:.3f} -> "
+          f"{metrics['score_last']:.3f}, KL to ref {metrics['kl_to_ref_last']:.2f}"
+          + (f" ({result['stopped']})" if result["stopped"] else "") + f"; saved {out}/")
+    with stage_run(params.experiment, "ppo", {"ppo": c.model_dump(), "prev": params.rounds[r].prev}, r) as run_:
+        for h_ in hist:
+            run_.log_metrics({f"train.{k}": v for k, v in h_.items() if k != "iteration"}, step=h_["iteration"])
+        run_.log_metrics(metrics)
+
+
+def main(argv=None) -> int:
+    return stage_main(SPECS[0], run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Stage `register`: register a round's policy in the MLflow registry and apply the promotion gate.
+
+The candidate is compared with the champion after the previous round's registration (SFT before any round is
+promoted) on ``registry.gate``; the decision and its reasons go to ``data/rounds/<round>/registry.json`` (which
+the next round reads when it starts from the champion) and to the version's description. Registering the same
+round again returns the existing version.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from alignloop.core import files
+from alignloop.core.config import ROUND_METRICS as METRICS
+from alignloop.core.gate import gate_decision
+from alignloop.pipeline import layout
+from alignloop.pipeline.entry import stage_main
+from alignloop.pipeline.layout import eval_paths, registry_record
+from alignloop.pipeline.specs import StageSpec
+from alignloop.pipeline.tracking import content_hash, git_commit, stage_run
+
+SPECS = [StageSpec(
+    name="register", module=__name__, scope="round", order=5,
+    help="MLflow registry version, candidate alias, promotion gate -> champion",
+    code=("alignloop.core.gate", "alignloop.pipeline.lineage", "alignloop.pipeline.registry", "alignloop.pipeline.tracking"),
+    params=("experiment", "registry"), round_params=("prev", "algo", "start"),
+    deps=lambda c: [eval_paths(c.round)[0], layout.policy_dir(c.round),
+                    eval_paths("sft")[0] if c.rnd.prev == "sft" else registry_record(c.rnd.prev)],
+    uncached_outs=lambda c: [registry_record(c.round)],
+    applies=lambda c: c.params.registry.enabled,
+)]
+
+
+def _metrics(path: str) -> dict:
+    return {k: v for k, v in files.read_json(path).items() if k in METRICS}
+
+
+def _dvc_tags(stage: str) -> dict[str, str]:
+    """The DVC record of the stage that trained the policy: its deps' and outs' md5s and its params' md5."""
+    import hashlib
+
+    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
+    entry = (lock.get("stages") or {}).get(stage) or {}
+    tags = {f"dvc.{d['path']}": d.get("md5", "") for d in entry.get("deps", []) + entry.get("outs", [])
+            if d.get("path", "").startswith("data/")}
+    tags["dvc.params_md5"] = hashlib.md5(json_dump(entry.get("params", {})).encode()).hexdigest()
+    tags["dvc_lock_md5"] = hashlib.md5(json_dump(entry).encode()).hexdigest()
+    return tags
+
+
+def json_dump(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def run(params, args) -> None:
+    from alignloop.pipeline.registry import describe, register_round
+
+    r = args.round
+    reg = params.registry
+    rnd = params.rounds[r]
+    name = params.model_name
+    policy = layout.policy_dir(r)
+    candidate = _metrics(eval_paths(r)[0])
+    if rnd.prev == "sft":
+        champion = {"round": "sft", "version": None, "path": layout.policy_dir("sft"), "metrics": _metrics(eval_paths("sft")[0])}
+        parent = "sft"
+    else:
+        prev_rec = files.read_json(registry_record(rnd.prev))
+        champion = prev_rec["champion_after"]
+        parent = prev_rec["version"]
+    promote, reasons = gate_decision(candidate, champion["metrics"], beat=reg.gate.beat_champion,
+                                     min_improvement=reg.gate.min_improvement, caps=reg.gate.max, floors=reg.gate.min)
+    md5 = content_hash(policy)
+    decision = {"round": r, "promoted": promote, "reasons": reasons, "champion_before": champion}
+    tags = {"algo": rnd.algo, "parent_version": str(parent), "prev": rnd.prev, "git_commit": git_commit(),
+            "experiment": params.experiment, **_dvc_tags(f"{rnd.algo}_{r}"),
+            **{f"metric.{k}": f"{v:.6g}" for k, v in candidate.items()}}
+    with stage_run(params.experiment, "register", {"registry": reg.model_dump(), "prev": rnd.prev}, r) as run:
+        if reg.log_weights:
+            run.log_artifacts(policy, "policy")
+            source = f"{run.artifact_uri}/policy"
+        else:  # record where the weights are and their hash; nothing multi-GB is copied
+            source = str(Path(policy).resolve())
+        result = register_round(name=name, round_name=r, source=source, policy_md5=md5, run_id=run.run_id, tags=tags,
+                                promote=promote, decision=describe(decision))
+        run.log_metrics({"promoted": float(promote), "version": float(result["version"])})
+    champion_after = ({"round": r, "version": result["version"], "path": policy, "metrics": candidate} if promote
+                      else champion)
+    record = {**decision, "model_name": name, "version": result["version"], "created": result["created"],
+              "policy": {"path": policy, "md5": md5}, "source": source, "metrics": candidate,
+              "champion_after": champion_after, "candidate_uri": f"models:/{name}/{result['version']}"}
+    files.write_json(registry_record(r), record)
+    verdict = "promoted to champion" if promote else f"stays candidate (champion: {champion['round']})"
+    print(f"register {r}: {name} version {result['version']} ({'new' if result['created'] else 'existing'}), {verdict}")
+    for line in reasons:
+        print(f"  {line}")
+
+
+def main(argv=None) -> int:
+    return stage_main(SPECS[0], run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Stage `reward_model`: a Bradley-Terry reward model on the curated preference pairs (TRL RewardTrainer).
+
+The backbone is the SFT policy (default) or the base model, with a fresh scalar head. Held-out pair accuracy
+is measured on prefs/eval.jsonl by scoring each side the way the score stage will (chat-rendered full turn).
+On the embedded task the accuracy against the hidden gold ordering is reported too: it is what the policy
+will actually be optimised against.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from pathlib import Path
+
+from alignloop.core import files
+from alignloop.core.metrics import pair_accuracy
+from alignloop.pipeline import layout
+from alignloop.pipeline.entry import stage_main
+from alignloop.pipeline.lineage import reward_model_dirs
+from alignloop.pipeline.specs import Ctx, StageSpec, code_paths
+from alignloop.pipeline.tracking import stage_run
+
+TRAIN, EVAL = layout.PREFS_TRAIN, layout.PREFS_EVAL
+
+
+def _init(ctx: Ctx) -> str:
+    return layout.SFT if ctx.params.reward_model.init == "sft" else layout.BASE
+
+
+SPECS = [StageSpec(
+    name="reward_model", module=__name__, scope="before", order=4,
+    help="TRL RewardTrainer (Bradley-Terry), one model per ensemble member; held-out pair accuracy",
+    code=("alignloop.ml.training", "alignloop.ml.modeling", "alignloop.ml.inference", "alignloop.core.metrics"),
+    extra_code=lambda c: ((["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [])
+                          + (["alignloop.core.ensemble", "alignloop.pipeline.lineage"] if c.params.reward_model.ensemble > 1
+                             else [])),
+    params=("seed", "model", "train", "reward_model", "score.batch_size", "data.source"),
+    deps=lambda c: [_init(c), TRAIN, EVAL], outs=lambda c: reward_model_dirs(c.params),
+    metrics=lambda c: [layout.RM_METRICS], gpu=True,
+)]
+
+
+def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> tuple[dict[str, float], tuple[list, list]]:
+    """Held-out pair accuracy (and vs gold on the embedded task); also the chosen/rejected scores."""
+    from alignloop.ml.inference import reward_scores
+
+    if not rows:
+        return {}, ([], [])
+    prompts = [r["prompt"] for r in rows]
+    kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
+    chosen = reward_scores(rm, tokenizer, prompts, [r["chosen"] for r in rows], desc="eval chosen", **kw)
+    rejected = reward_scores(rm, tokenizer, prompts, [r["rejected"] for r in rows], desc="eval rejected", **kw)
+    out = {"eval_pairs": len(rows), "eval_accuracy": pair_accuracy(chosen, rejected)}
+    if params.data.source == "embedded":
+        from alignloop.core.synthetic import gold_reward
+
+        gold_c = [gold_reward(p, r["chosen"]) for p, r in zip(prompts, rows)]
+        gold_r = [gold_reward(p, r["rejected"]) for p, r in zip(prompts, rows)]
+        agree = [(c > r) == (gc > gr) for c, r, gc, gr in zip(chosen, rejected, gold_c, gold_r) if gc != gr]
+        out["eval_gold_accuracy"] = sum(agree) / len(agree) if agree else 0.0
+    return out, (chosen, rejected)
+
+
+def train_member(params, seed: int, train_rows: list[dict], init: str):
+    """One Bradley-Terry reward model, trained under ``seed`` (head init and data order)."""
+    import torch
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from alignloop.ml.modeling import load_reward_model, load_tokenizer
+    from alignloop.ml.training import checkpoint_dir, common_args, lora_config, to_conversational, train_resumable
+
+    tokenizer = load_tokenizer(init, params.model)
+    # The score head is freshly initialised inside from_pretrained, before the trainer seeds anything:
+    # seed here or two runs of the same stage train different reward models.
+    torch.manual_seed(seed)
+    model = load_reward_model(init, params.model)  # fresh 1-output score head on the backbone
+    model.config.pad_token_id = tokenizer.pad_token_id
+    c = params.reward_model
+    ckpt = checkpoint_dir(layout.CKPT_ROOT, f"reward_model/seed{seed}", params,
+                          {"reward_model": c.model_dump(), "seed": seed}, [init, TRAIN], code_paths(SPECS[0], params))
+    config = RewardConfig(**{**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, checkpoint=ckpt,
+                                           checkpoint_every=c.checkpoint_every),
+                             "seed": seed, "data_seed": seed})
+    trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(to_conversational(train_rows)),
+                            processing_class=tokenizer, peft_config=lora_config(params, reward_model=True))
+    result = train_resumable(trainer, f"reward_model seed {seed}")
+    return trainer, tokenizer, result
+
+
+def run(params, args) -> None:
+    from alignloop.core.ensemble import aggregate
+    from alignloop.ml.training import log_curves, loss_summary, save_trained, throughput
+
+    init = _init(Ctx(params))
+    train_rows = files.read_jsonl(TRAIN, files.validate_pair, id_key="id")
+    eval_rows = files.read_jsonl(EVAL, files.validate_pair, id_key="id", allow_empty=True)
+    outs = reward_model_dirs(params)
+    metrics: dict = {"train_pairs": len(train_rows), "ensemble": len(outs)}
+    member_eval: list[tuple[list[float], list[float]]] = []
+    member_logs: list[tuple[str, list[dict], dict]] = []
+    for k, out in enumerate(outs):
+        # Members differ only by seed (head init, data order): the ensemble of "Reward Model Ensembles Help
+        # Mitigate Overoptimization". Member 0 is exactly the single reward model of ensemble: 1.
+        trainer, tokenizer, result = train_member(params, params.seed + k, train_rows, init)
+        acc, scores = heldout_accuracy(trainer.model, tokenizer, eval_rows, params)
+        member_eval.append(scores)
+        m = {"train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history), **acc,
+             **throughput(trainer, result)}
+        metrics.update(m if k == 0 else {f"member{k}_{key}": v for key, v in m.items()})
+        main = save_trained(trainer, tokenizer, out)  # merges LoRA; False in accelerate workers but the main one
+        member_logs.append(("reward_model" if k == 0 else f"reward_model_member{k}", trainer.state.log_history, m))
+    if len(outs) > 1 and eval_rows:  # the members' mean (score.aggregate is the score stage's business, not ours)
+        chosen = aggregate([c for c, _ in member_eval], "mean")
+        rejected = aggregate([r for _, r in member_eval], "mean")
+        metrics["ensemble_eval_accuracy"] = pair_accuracy(chosen, rejected)
+    if not main:  # accelerate worker other than the main process: outputs and MLflow runs are the main one's
+        return
+    files.write_json(layout.RM_METRICS, metrics)
+    shutil.rmtree(Path(layout.CKPT_ROOT) / "reward_model", ignore_errors=True)  # every member is saved: nothing left to resume
+    # One MLflow run per member, logged once all are saved: a run killed after member 0 and resumed logs each once.
+    for name, history, m in member_logs:
+        with stage_run(params.experiment, name, params.model_dump(include={"reward_model", "model", "seed"})) as run_:
+            log_curves(run_, history, ("loss", "accuracy", "margin"))
+            run_.log_metrics(m)
+    print(f"reward_model: {len(outs)} model(s) on {len(train_rows)} pairs, held-out accuracy "
+          f"{metrics.get('eval_accuracy', float('nan')):.3f}"
+          + (f", vs gold {metrics['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in metrics else "")
+          + (f", ensemble {metrics['ensemble_eval_accuracy']:.3f}" if "ensemble_eval_accuracy" in metrics else "")
+          + f"; saved {', '.join(outs)}")
+
+
+def main(argv=None) -> int:
+    return stage_main(SPECS[0], run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
