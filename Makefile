@@ -43,12 +43,15 @@ demo: repro
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && dvc metrics show data/report/summary.json && cat data/report/rounds.json \
 	  && alignloop registry list
 
+# Random order (pytest-randomly; `-p randomly -p "randomly_seed=N"` replays one), two workers, a module per worker.
+PYTEST := python -m pytest -q -n 2 --dist loadfile
+
 test: init
-	export PATH="$(CURDIR)/$(BIN):$$PATH" && python -m pytest -q
+	export PATH="$(CURDIR)/$(BIN):$$PATH" && $(PYTEST)
 
 # Unit and pure-function tests only (no pipeline projects, no subprocess stages): the inner loop.
 test-fast: init
-	export PATH="$(CURDIR)/$(BIN):$$PATH" && python -m pytest -q -m "not slow"
+	export PATH="$(CURDIR)/$(BIN):$$PATH" && $(PYTEST) -m "not slow"
 
 clean-data:
 	rm -rf data/raw data/curated data/models data/rounds data/eval data/report dvc.lock mlflow.db mlartifacts

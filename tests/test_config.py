@@ -183,8 +183,10 @@ def test_round_section_merges_overrides_over_defaults(tmp_path: Path):
 
 
 def test_policy_dir():
-    assert Params().policy_dir("sft") == "data/models/sft"
-    assert Params().policy_dir("r2") == "data/rounds/r2/policy"
+    from alignloop.pipeline.layout import policy_dir
+
+    assert policy_dir("sft") == "data/models/sft"
+    assert policy_dir("r2") == "data/rounds/r2/policy"
 
 
 def _all_sections() -> list[type[BaseModel]]:

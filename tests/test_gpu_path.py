@@ -110,14 +110,18 @@ def test_preset_cli_rerenders_and_prints_dvc_exp(tmp_path):
     run = [sys.executable, "-m", "alignloop", "preset"]
     out = subprocess.run(run + [str(REPO / "configs/gpu-small.yaml"), "--dvc-exp"], cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout
-    assert out.startswith("dvc exp run -S ") and "-S dpo.precompute_ref_log_probs=true" in out
+    # The stages read params.resolved.yaml, which `dvc exp run -S` would not rewrite: the preset is applied first.
+    assert out.startswith("alignloop preset ") and "\ndvc exp run\n" in out
+    assert "dpo.precompute_ref_log_probs=true" in out
     assert not (tmp_path / "dvc.yaml").exists()  # printing changes nothing
     out = subprocess.run(run + [str(REPO / "configs/gpu-small.yaml")], cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout
     assert "model.name_or_path = 'Qwen/Qwen2.5-0.5B-Instruct'" in out and "train.lora.enabled" in out
     dvc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
     assert "prepare" not in dvc  # hub data: no embedded corpus stage
-    assert "train" in dvc["sft"]["params"] and "train" in dvc["dpo_r1"]["params"]
+    keys = {name: dvc[name]["params"][0]["params.resolved.yaml"] for name in ("sft", "dpo_r1")}
+    assert "train" in keys["sft"] and "train" in keys["dpo_r1"]
+    assert (tmp_path / "params.resolved.yaml").exists()
 
 
 def test_100m_preset_model_has_over_100m_parameters():

@@ -26,6 +26,8 @@ import yaml
 
 from _project import BIN, flow_env, init_project, read, sh
 
+pytestmark = pytest.mark.in_file_order
+
 TINY = {
     "experiment": "e2e",
     "seed": 0,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from alignloop.core.config import load_params
-from alignloop.pipeline.render import HEADER, render, render_file, render_text, stale_message
+from alignloop.pipeline.render import HEADER, render, render_file, render_text, stale_message, write_rendered
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,13 @@ def rendered(tmp_path: Path, text: str) -> dict:
     return yaml.safe_load(out)["stages"]
 
 
+def keys(stage: dict) -> list[str]:
+    """The params keys a stage tracks (all of them point into params.resolved.yaml)."""
+    entries = stage.get("params", [])
+    assert all(list(e) == ["params.resolved.yaml"] for e in entries)
+    return [k for e in entries for k in e["params.resolved.yaml"]]
+
+
 def policy_deps(stage: dict) -> list[str]:
     return [d for d in stage["deps"] if d.startswith("data/models/") or d.endswith("/policy")]
 
@@ -51,7 +58,7 @@ def test_committed_dvc_yaml_is_not_stale():
 def test_stage_names_for_two_rounds(tmp_path: Path):
     stages = rendered(tmp_path, TWO_ROUNDS.format(ref="sft"))
     assert list(stages) == [
-        "prepare", "curate", "base", "sft", "reward_model", "evaluate_sft",
+        "resolve", "prepare", "curate", "base", "sft", "reward_model", "evaluate_sft",
         "generate_r1", "score_r1", "pairs_r1", "dpo_r1", "evaluate_r1", "register_r1",
         "generate_r2", "score_r2", "pairs_r2", "dpo_r2", "evaluate_r2", "register_r2",
         "report",
@@ -64,7 +71,7 @@ def test_register_chains_on_the_previous_rounds_record(tmp_path: Path):
     assert stages["register_r1"]["deps"][-3:] == ["data/rounds/r1/eval.json", "data/rounds/r1/policy", "data/eval/sft.json"]
     assert stages["register_r2"]["deps"][-1] == "data/rounds/r1/registry.json"
     assert stages["register_r2"]["outs"] == [{"data/rounds/r2/registry.json": {"cache": False}}]
-    assert stages["register_r2"]["params"] == ["experiment", "rounds.r2.prev", "rounds.r2.algo"]
+    assert keys(stages["register_r2"]) == ["experiment", "registry", "rounds.r2.prev", "rounds.r2.algo", "rounds.r2.start"]
 
 
 def test_registry_disabled_renders_no_register_stages(tmp_path: Path):
@@ -78,32 +85,33 @@ def test_start_from_champion_depends_on_the_record_and_every_policy_it_can_name(
     expected = ["data/rounds/r1/registry.json", "data/models/sft", "data/rounds/r1/policy"]
     assert [d for d in stages["generate_r2"]["deps"] if d.startswith("data/") and "prompts" not in d] == expected
     assert [d for d in stages["dpo_r2"]["deps"] if d.startswith("data/") and "pairs" not in d] == expected
-    assert "rounds.r2.start" in stages["generate_r2"]["params"] and "rounds.r2.start" in stages["dpo_r2"]["params"]
+    assert "rounds.r2.start" in keys(stages["generate_r2"]) and "rounds.r2.start" in keys(stages["dpo_r2"])
     # the first round has nothing before it: it starts from SFT either way
     assert policy_deps(stages["generate_r1"]) == ["data/models/sft"]
 
 
 def test_round_override_params_only_on_the_stage_that_reads_them(tmp_path: Path):
     stages = rendered(tmp_path, TWO_ROUNDS.format(ref="sft"))
-    # r2 has a dpo override: dpo_r2 tracks it, generation/scoring/pairs of r2 do not
-    assert "rounds.r2.dpo" in stages["dpo_r2"]["params"]
-    # (`model` and `generate` are absent from this params.yaml, and DVC refuses params keys that are missing)
-    assert stages["dpo_r2"]["params"] == ["seed", "dpo", "rounds.r2.algo", "rounds.r2.prev", "rounds.r2.dpo"]
-    assert stages["generate_r2"]["params"] == ["seed", "rounds.r2.prev"]
+    # r2's dpo section (top-level merged with its override, as params.resolved.yaml holds it): dpo_r2 tracks it,
+    # generation/scoring/pairs of r2 do not. Sections left out of params.yaml are tracked by their default values.
+    assert keys(stages["dpo_r2"]) == ["seed", "model", "train", "rounds.r2.prev", "rounds.r2.algo", "rounds.r2.start",
+                                      "rounds.r2.dpo"]
+    assert keys(stages["generate_r2"]) == ["seed", "model", "rounds.r2.prev", "rounds.r2.start", "rounds.r2.generate"]
     for name in ("generate_r2", "score_r2", "pairs_r2"):
-        assert "rounds.r2.dpo" not in stages[name]["params"]
-    # r1 has no dpo key: nothing to track (a missing key cannot be a DVC param)
-    assert "rounds.r1.dpo" not in stages["dpo_r1"]["params"]
+        assert "rounds.r2.dpo" not in keys(stages[name])
+    # the merged values are what the resolved file holds
+    resolved = load_params(tmp_path / "params.yaml").resolved()
+    assert resolved["rounds"]["r2"]["dpo"]["beta"] == 0.3 and resolved["rounds"]["r1"]["dpo"]["beta"] == 0.1
     # nothing before the rounds tracks round keys
-    for name in ("prepare", "curate", "base", "sft", "reward_model", "evaluate_sft"):
-        assert not any(p.startswith("rounds") for p in stages[name].get("params", []))
+    for name in ("resolve", "prepare", "curate", "base", "sft", "reward_model", "evaluate_sft"):
+        assert not any(p.startswith("rounds") for p in keys(stages[name]))
 
 
 def test_generate_override_is_tracked_by_generate(tmp_path: Path):
     text = TWO_ROUNDS.format(ref="sft") + "    generate: {n: 8}\n"  # belongs to r2
     stages = rendered(tmp_path, text)
-    assert "rounds.r2.generate" in stages["generate_r2"]["params"]
-    assert "rounds.r2.generate" not in stages["dpo_r2"]["params"]
+    assert "rounds.r2.generate" in keys(stages["generate_r2"])
+    assert "rounds.r2.generate" not in keys(stages["dpo_r2"])
 
 
 def test_ref_prev_depends_on_previous_policy_only(tmp_path: Path):
@@ -129,12 +137,12 @@ def test_jsonl_source_drops_prepare(tmp_path: Path):
     text = TWO_ROUNDS.format(ref="sft") + "data:\n  source: jsonl\n  path: inputs/prefs.jsonl\n"
     stages = rendered(tmp_path, text)
     assert "prepare" not in stages
-    assert list(stages)[0] == "curate"
+    assert list(stages)[:2] == ["resolve", "curate"]
     assert "inputs/prefs.jsonl" in stages["curate"]["deps"]
     assert "data/raw" not in stages["curate"]["deps"]
     # the gold reward belongs to the embedded task only
-    assert "alignloop/task.py" not in stages["reward_model"]["deps"]
-    assert "alignloop/task.py" not in stages["evaluate_r1"]["deps"]
+    assert "alignloop/core/synthetic.py" not in stages["reward_model"]["deps"]
+    assert "alignloop/core/synthetic.py" not in stages["evaluate_r1"]["deps"]
 
 
 def test_embedded_source_curate_depends_on_raw(tmp_path: Path):
@@ -146,8 +154,7 @@ def test_embedded_source_curate_depends_on_raw(tmp_path: Path):
 def test_render_text_matches_render(tmp_path: Path):
     path = tmp_path / "params.yaml"
     path.write_text(TWO_ROUNDS.format(ref="sft"), encoding="utf-8")
-    raw = yaml.safe_load(path.read_text())
-    assert yaml.safe_load(render_text(load_params(path), raw)) == render(load_params(path), raw)
+    assert yaml.safe_load(render_text(load_params(path))) == render(load_params(path))
 
 
 def test_stale_message(tmp_path: Path):
@@ -155,11 +162,13 @@ def test_stale_message(tmp_path: Path):
     dvc = tmp_path / "dvc.yaml"
     params.write_text(TWO_ROUNDS.format(ref="sft"), encoding="utf-8")
     assert "alignloop render" in stale_message(params, dvc)  # missing dvc.yaml
-    dvc.write_text(render_file(params), encoding="utf-8")
-    assert stale_message(params, dvc) is None
-    # a value change does not change the DAG: still fresh
+    write_rendered(params, dvc)
+    assert stale_message(params, dvc) is None and stale_message(params, dvc, values=True) is None
+    # a value change does not change the DAG: still fresh; the resolved values are stale until the resolve stage
+    # (or `alignloop render`) rewrites them
     params.write_text(TWO_ROUNDS.format(ref="sft").replace("beta: 0.1", "beta: 0.2"), encoding="utf-8")
     assert stale_message(params, dvc) is None
+    assert "params.resolved.yaml" in stale_message(params, dvc, values=True)
     # a new round does
     params.write_text(TWO_ROUNDS.format(ref="sft") + "  r3:\n    prev: r2\n", encoding="utf-8")
     msg = stale_message(params, dvc)

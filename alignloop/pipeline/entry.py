@@ -34,7 +34,7 @@ def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], Non
         if Path("dvc.yaml").exists() and not os.environ.get("ALIGNLOOP_SKIP_RENDER_CHECK"):
             from alignloop.pipeline.render import stale_message
 
-            stale = stale_message(args.params, "dvc.yaml")
+            stale = stale_message(args.params, "dvc.yaml", values=True)
             if stale:
                 raise ConfigError(stale)
         if needs_round and args.round not in params.rounds and args.round not in extra_rounds:

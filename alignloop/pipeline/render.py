@@ -109,10 +109,16 @@ def write_rendered(params_path: str | Path = layout.PARAMS, dvc_path: str | Path
     return changed
 
 
-def stale_message(params_path: str | Path = layout.PARAMS, dvc_path: str | Path = layout.DVC_YAML) -> str | None:
-    """None when dvc.yaml and params.resolved.yaml match params.yaml (and the code defaults), else how to fix it."""
+def stale_message(params_path: str | Path = layout.PARAMS, dvc_path: str | Path = layout.DVC_YAML, *,
+                  values: bool = False) -> str | None:
+    """None when dvc.yaml matches params.yaml (with ``values``, params.resolved.yaml too), else how to fix it.
+
+    A changed value alone leaves dvc.yaml as it is: `dvc repro` runs the ``resolve`` stage first, which rewrites
+    params.resolved.yaml. Stages check ``values`` too, so a stage run on its own never reads stale values."""
     dvc_path = Path(dvc_path)
     for name, text in rendered(params_path).items():
+        if name == layout.RESOLVED_PARAMS and not values:
+            continue
         path = dvc_path if name == layout.DVC_YAML else dvc_path.with_name(name)
         if not path.exists():
             return f"{path}: missing (fix: run `alignloop render`)"
