@@ -23,6 +23,11 @@ else
 endif
 	touch $@
 
+# GPU machines: the lock's versions as constraints, less torch (a CUDA build) and the hashes of the CPU files:
+#   make constraints-gpu.txt && make setup LOCK= CONSTRAINTS=constraints-gpu.txt
+constraints-gpu.txt: $(LOCK)
+	grep -E '^[A-Za-z0-9_.-]+==' requirements-cpu.lock | sed 's/ *\\$$//' | grep -v '^torch==' > $@
+
 # Refresh requirements-cpu.lock after changing dependencies in pyproject.toml or constraints-cpu.txt, then re-record
 # the demo (README "Reproducing").
 lock:

@@ -112,3 +112,13 @@ def test_installed_top_level_packages_are_alignloop_only():
 
     include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     assert include == ["alignloop*"]  # flows/ and tasks/ run from the repo; generic names stay out of site-packages
+
+
+def test_every_spec_names_the_module_that_declares_it():
+    """A spec's module is its entry point (`python -m ...`) and its first code dep: never `__main__`."""
+    import importlib
+
+    from alignloop.pipeline.specs import all_specs
+
+    for spec in all_specs():
+        assert spec in importlib.import_module(spec.module).SPECS, spec.name

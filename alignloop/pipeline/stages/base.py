@@ -17,7 +17,7 @@ from alignloop.pipeline.tracking import stage_run
 
 OUT = layout.BASE
 SPECS = [StageSpec(
-    name="base", module=__name__, scope="before", order=2,
+    name="base", module="alignloop.pipeline.stages.base", scope="before", order=2,
     help="embedded: train the tokenizer, build the model from model.arch; else load and save model.name_or_path",
     code=("alignloop.ml.modeling",), params=("seed", "model"),
     deps=lambda c: [layout.SFT_DATA, layout.PREFS_TRAIN, layout.PREFS_EVAL], outs=lambda c: [OUT],

@@ -55,7 +55,7 @@ def _source(ctx: Ctx) -> list[str]:
 
 
 SPECS = [StageSpec(
-    name="curate", module=__name__, scope="before", order=1,
+    name="curate", module="alignloop.pipeline.stages.curate", scope="before", order=1,
     help="adapters, validation (bad rows quarantined with file:line), dedup, length filters, train/eval split",
     # core.files holds the row validators: what counts as a bad row is part of what curation computes.
     code=("alignloop.core.adapters", "alignloop.core.curate", "alignloop.core.files"),

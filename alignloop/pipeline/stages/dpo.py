@@ -27,7 +27,7 @@ def _source(ctx: Ctx) -> str:
 
 
 SPECS = [StageSpec(
-    name="dpo", module=__name__, scope="round", order=3, help="TRL DPOTrainer from the start policy on the round's pairs",
+    name="dpo", module="alignloop.pipeline.stages.dpo", scope="round", order=3, help="TRL DPOTrainer from the start policy on the round's pairs",
     code=("alignloop.ml.training", "alignloop.ml.modeling", "alignloop.pipeline.lineage", "alignloop.core.seeds"),
     params=("seed", "model", "train"), round_params=("prev", "algo", "start", "dpo"),
     deps=lambda c: [*start_deps(c.params, c.round), *reference_deps(c.params, c.round, c.section("dpo").ref), _source(c)],

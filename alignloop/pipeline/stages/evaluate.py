@@ -46,11 +46,11 @@ def _round_deps(ctx: Ctx) -> list[str]:
 
 
 SPECS = [
-    StageSpec(name="evaluate_sft", module=__name__, scope="before", order=5, args="--round sft",
+    StageSpec(name="evaluate_sft", module="alignloop.pipeline.stages.evaluate", scope="before", order=5, args="--round sft",
               help="the SFT baseline on the held-out prompts", code=_CODE, extra_code=_gold, params=_PARAMS,
               deps=lambda c: [*_deps(c), layout.SFT], outs=lambda c: [eval_paths("sft")[1]],
               metrics=lambda c: [eval_paths("sft")[0]], gpu=True),
-    StageSpec(name="evaluate", module=__name__, scope="round", order=4,
+    StageSpec(name="evaluate", module="alignloop.pipeline.stages.evaluate", scope="round", order=4,
               help="proxy/gold reward, win-rates vs SFT and champion, KL, length, diversity, ranking accuracy",
               code=_CODE, extra_code=_gold, params=(*_PARAMS, "registry.enabled"), round_params=("prev",),
               deps=_round_deps, outs=lambda c: [eval_paths(c.round)[1]], metrics=lambda c: [eval_paths(c.round)[0]],

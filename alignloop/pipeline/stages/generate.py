@@ -48,7 +48,7 @@ def _scores_as_it_draws(ctx: Ctx) -> bool:
 
 
 SPECS = [StageSpec(
-    name="generate", module=__name__, scope="round", order=0,
+    name="generate", module="alignloop.pipeline.stages.generate", scope="round", order=0,
     help="n samples per training prompt from the round's start policy (HF or vLLM backend, sample budgets)",
     code=("alignloop.ml.backends", "alignloop.ml.inference", "alignloop.ml.modeling", "alignloop.core.budget",
           "alignloop.core.seeds", "alignloop.pipeline.lineage"),

@@ -23,7 +23,7 @@ def _sampled(ctx: Ctx) -> bool:
 
 
 SPECS = [StageSpec(
-    name="pairs", module=__name__, scope="round", order=2, help="best-vs-worst (or other strategy) pairs from scored samples",
+    name="pairs", module="alignloop.pipeline.stages.pairs", scope="round", order=2, help="best-vs-worst (or other strategy) pairs from scored samples",
     code=("alignloop.core.pairs", "alignloop.core.selection", "alignloop.core.seeds"),
     params=("seed",), round_params=("pairs",),
     deps=lambda c: [layout.samples(c.round), layout.scores(c.round)],

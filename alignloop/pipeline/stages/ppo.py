@@ -26,7 +26,7 @@ from alignloop.pipeline.specs import StageSpec, code_paths
 PROMPTS = layout.PROMPTS_TRAIN
 CKPT_ROOT = Path(layout.CKPT_ROOT)
 SPECS = [StageSpec(
-    name="ppo", module=__name__, scope="round", order=3,
+    name="ppo", module="alignloop.pipeline.stages.ppo", scope="round", order=3,
     help="PPO with a value model against the reward model(s), KL-penalised, checkpointed (alignloop.ml.ppo)",
     code=("alignloop.ml.ppo", "alignloop.ml.rl", "alignloop.ml.inference", "alignloop.ml.modeling",
           "alignloop.core.ensemble", "alignloop.core.seeds", "alignloop.pipeline.lineage"),

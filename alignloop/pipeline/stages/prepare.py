@@ -13,7 +13,7 @@ from alignloop.pipeline.tracking import stage_run
 
 OUT = layout.RAW
 SPECS = [StageSpec(
-    name="prepare", module=__name__, scope="before", order=0, help="embedded task: write the synthetic raw corpus",
+    name="prepare", module="alignloop.pipeline.stages.prepare", scope="before", order=0, help="embedded task: write the synthetic raw corpus",
     code=("alignloop.core.synthetic",), params=("seed", "task"), outs=lambda c: [OUT],
     applies=lambda c: c.params.data.source == "embedded",
 )]

@@ -19,7 +19,7 @@ from alignloop.pipeline.lineage import start_deps
 from alignloop.pipeline.specs import StageSpec, code_paths
 
 SPECS = [StageSpec(
-    name="raft", module=__name__, scope="round", order=3,
+    name="raft", module="alignloop.pipeline.stages.raft", scope="round", order=3,
     help="TRL SFTTrainer on the top-k responses per prompt (or top fraction overall)",
     code=("alignloop.ml.training", "alignloop.ml.modeling", "alignloop.core.pairs", "alignloop.core.selection",
           "alignloop.pipeline.lineage"),

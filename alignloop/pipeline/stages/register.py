@@ -23,7 +23,7 @@ from alignloop.pipeline.specs import StageSpec
 from alignloop.pipeline.tracking import content_hash, git_commit, stage_run
 
 SPECS = [StageSpec(
-    name="register", module=__name__, scope="round", order=5,
+    name="register", module="alignloop.pipeline.stages.register", scope="round", order=5,
     help="MLflow registry version, candidate alias, promotion gate -> champion",
     code=("alignloop.core.gate", "alignloop.pipeline.lineage", "alignloop.pipeline.registry", "alignloop.pipeline.tracking"),
     params=("experiment", "registry"), round_params=("prev", "algo", "start"),

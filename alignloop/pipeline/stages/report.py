@@ -37,7 +37,7 @@ def _dvc_plots(ctx: Ctx) -> list:
 
 
 SPECS = [StageSpec(
-    name="report", module=__name__, scope="after", order=0, help="one row per policy for dvc plots; summary metrics",
+    name="report", module="alignloop.pipeline.stages.report", scope="after", order=0, help="one row per policy for dvc plots; summary metrics",
     code=(), deps=lambda c: [eval_paths(n)[0] for n in ["sft", *c.params.rounds]],
     plots=lambda c: [ROWS, PNG], metrics=lambda c: [layout.REPORT_SUMMARY], dvc_plots=_dvc_plots,
 )]

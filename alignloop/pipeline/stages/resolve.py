@@ -15,7 +15,7 @@ from alignloop.pipeline import layout
 from alignloop.pipeline.specs import StageSpec
 
 SPECS = [StageSpec(
-    name="resolve", module=__name__, scope="before", order=-1,
+    name="resolve", module="alignloop.pipeline.stages.resolve", scope="before", order=-1,
     help="params.resolved.yaml from params.yaml and the code defaults (what every stage's params point into)",
     code=("alignloop.core.config",), deps=lambda c: [layout.PARAMS],
     uncached_outs=lambda c: [layout.RESOLVED_PARAMS],
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from alignloop.core.files import atomic_file
     from alignloop.pipeline.render import render_text, resolved_text
 
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=SPECS[0].help)
+    parser = argparse.ArgumentParser(prog=f"python -m {SPECS[0].module}", description=SPECS[0].help)
     parser.add_argument("--params", default=layout.PARAMS, help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:

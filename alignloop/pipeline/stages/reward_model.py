@@ -29,7 +29,7 @@ def _init(ctx: Ctx) -> str:
 
 
 SPECS = [StageSpec(
-    name="reward_model", module=__name__, scope="before", order=4,
+    name="reward_model", module="alignloop.pipeline.stages.reward_model", scope="before", order=4,
     help="TRL RewardTrainer (Bradley-Terry), one model per ensemble member; held-out pair accuracy",
     code=("alignloop.ml.training", "alignloop.ml.modeling", "alignloop.ml.inference", "alignloop.core.metrics"),
     extra_code=lambda c: ((["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [])

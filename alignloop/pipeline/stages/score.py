@@ -23,7 +23,7 @@ def _sampled(ctx: Ctx) -> bool:
 
 
 SPECS = [StageSpec(
-    name="score", module=__name__, scope="round", order=1, help="reward-model score of every sample (ensemble combined)",
+    name="score", module="alignloop.pipeline.stages.score", scope="round", order=1, help="reward-model score of every sample (ensemble combined)",
     code=("alignloop.ml.inference", "alignloop.ml.modeling", "alignloop.core.ensemble", "alignloop.core.metrics",
           "alignloop.pipeline.lineage"),
     params=("model", "reward_model.ensemble"), round_params=("score",),

@@ -17,7 +17,7 @@ from alignloop.pipeline.tracking import stage_run
 
 BASE, DATA, OUT = layout.BASE, layout.SFT_DATA, layout.SFT
 SPECS = [StageSpec(
-    name="sft", module=__name__, scope="before", order=3, help="TRL SFTTrainer on the curated demonstrations",
+    name="sft", module="alignloop.pipeline.stages.sft", scope="before", order=3, help="TRL SFTTrainer on the curated demonstrations",
     code=("alignloop.ml.training", "alignloop.ml.modeling"), params=("seed", "model", "train", "sft"),
     deps=lambda c: [BASE, DATA], outs=lambda c: [OUT], metrics=lambda c: [layout.SFT_METRICS], gpu=True,
 )]
