@@ -48,8 +48,12 @@ demo: repro
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && dvc metrics show data/report/summary.json && cat data/report/rounds.json \
 	  && alignloop registry list
 
-# Random order (pytest-randomly; `-p randomly -p "randomly_seed=N"` replays one), two workers, a module per worker.
-PYTEST := python -m pytest -q -n 2 --dist loadfile
+# Random order (pytest-randomly) with a printed seed (`make test SEED=N` replays it), two workers, a module per worker.
+ifeq ($(SEED),)
+SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+endif
+PYTEST := echo "test order seed: $(SEED) (replay: make test SEED=$(SEED))" && python -m pytest -q -n 2 --dist loadfile \
+  -p randomly --randomly-seed=$(SEED)
 
 test: init
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && $(PYTEST)
