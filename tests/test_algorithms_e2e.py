@@ -23,6 +23,8 @@ import yaml
 
 from _project import flow_env, init_project, project_env, read, sh
 
+pytestmark = pytest.mark.in_file_order  # one scenario over one shared project (see the module docstring)
+
 KL_LIMIT = 8.0
 PARAMS = {
     "experiment": "algos",

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.in_file_order  # one scenario over one shared project (see the module docstring)
+
 from alignloop.pipeline import registry
 from alignloop.pipeline.registry import RegistryError
 
