@@ -368,7 +368,6 @@ _ROUND_SECTIONS: dict[str, type[_Section]] = {
     "generate": GenerateConfig, "score": ScoreConfig, "pairs": PairsConfig, "dpo": DPOConfig, "ppo": PPOConfig,
     "raft": RaftConfig,
 }
-ROUND_SECTIONS = tuple(_ROUND_SECTIONS)  # the sections a round can override
 
 
 def _round_errors(rounds: dict, bases: dict[str, dict], registry_enabled: bool = True) -> list[dict]:

@@ -12,7 +12,6 @@ DVC_YAML = "dvc.yaml"
 
 # Embedded task: the raw corpus `prepare` writes.
 RAW = "data/raw"
-RAW_FILES = {"prompts": f"{RAW}/prompts.jsonl", "sft": f"{RAW}/sft.jsonl", "prefs": f"{RAW}/prefs.jsonl"}
 
 # Curation.
 CURATED = "data/curated"

@@ -32,6 +32,11 @@ class Ctx:
     def rnd(self):
         return self.params.rounds[self.round]
 
+    @property
+    def rejection_sampled(self) -> bool:
+        """Whether the round samples and scores responses first: raft rounds, and dpo rounds on sampled pairs."""
+        return self.rnd.algo == "raft" or (self.rnd.algo == "dpo" and self.section("dpo").pairs == "sampled")
+
     def section(self, name: str):
         """A section as this stage sees it: the round's merged one for a round stage, else the top-level one."""
         return self.params.round_section(self.round, name) if self.round else getattr(self.params, name)
@@ -105,14 +110,3 @@ def all_specs() -> list[StageSpec]:
     rank = {"before": 0, "round": 1, "after": 2}
     return sorted(specs, key=lambda s: (rank[s.scope], s.order, s.name))
 
-
-def spec_named(name: str) -> StageSpec:
-    """The spec of a stage kind (``dpo``) or a rendered stage (``dpo_r1``, ``evaluate_sft``)."""
-    specs = all_specs()
-    for s in specs:
-        if s.name == name:
-            return s
-    for s in specs:
-        if s.scope == "round" and name.startswith(s.name + "_"):
-            return s
-    raise KeyError(name)

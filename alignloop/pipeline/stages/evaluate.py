@@ -81,7 +81,7 @@ def run(params, args) -> None:
     pids = [r["prompt_id"] for r in rows]
     kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
     rm_dirs = reward_model_dirs(params)
-    proxy, _ = RewardEnsemble.from_params(reward_model_dirs(params), params, params.score)(texts_p, texts_r, desc="proxy reward")
+    proxy, _ = RewardEnsemble.from_params(rm_dirs, params, params.score)(texts_p, texts_r, desc="proxy reward")
     for row, p in zip(rows, proxy):
         row["proxy_reward"] = p
     gold = None

@@ -29,10 +29,6 @@ PROMPTS = layout.PROMPTS_TRAIN
 SHARD_ROOT = Path(layout.SHARD_ROOT)
 
 
-def _sampled(ctx: Ctx) -> bool:
-    return ctx.rnd.algo == "raft" or (ctx.rnd.algo == "dpo" and ctx.section("dpo").pairs == "sampled")
-
-
 def _budget_deps(ctx: Ctx) -> list[str]:
     """The adaptive budget scores as it draws (the reward models are inputs); prev_variance reads prev's scores."""
     budget, prev = ctx.section("generate").budget.strategy, ctx.rnd.prev
@@ -57,7 +53,7 @@ SPECS = [StageSpec(
     extra_params=lambda c: ["reward_model.ensemble", f"rounds.{c.round}.score"] if _scores_as_it_draws(c) else [],
     deps=lambda c: [*_budget_deps(c), *start_deps(c.params, c.round), PROMPTS],
     outs=lambda c: [layout.samples(c.round)],
-    applies=_sampled, gpu=True,
+    applies=lambda c: c.rejection_sampled, gpu=True,
 )]
 
 

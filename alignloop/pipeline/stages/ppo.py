@@ -81,7 +81,7 @@ def run(params, args) -> None:
     ref = to_device(load_causal_lm(ref_dir, params.model))
     value = to_device(load_value_model(rm_dirs[0] if c.value_init == "reward_model" else start, params.model))
     value.config.pad_token_id = tokenizer.pad_token_id
-    rewards = RewardEnsemble.from_params(reward_model_dirs(params), params, params.round_section(r, "score"), keep_loaded=True)
+    rewards = RewardEnsemble.from_params(rm_dirs, params, params.round_section(r, "score"), keep_loaded=True)
     trainer = PPOTrainer(policy, ref, value, tokenizer, cfg,
                          lambda prompts, texts: rewards(prompts, texts, progress=False)[0], seed=seed)
     if (ckpt / "state.pt").is_file():

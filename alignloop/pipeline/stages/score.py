@@ -14,12 +14,8 @@ from alignloop.core.metrics import mean
 from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
 from alignloop.pipeline.lineage import reward_model_dirs
-from alignloop.pipeline.specs import Ctx, StageSpec
+from alignloop.pipeline.specs import StageSpec
 from alignloop.pipeline.tracking import stage_run
-
-
-def _sampled(ctx: Ctx) -> bool:
-    return ctx.rnd.algo == "raft" or (ctx.rnd.algo == "dpo" and ctx.section("dpo").pairs == "sampled")
 
 
 SPECS = [StageSpec(
@@ -29,7 +25,7 @@ SPECS = [StageSpec(
     params=("model", "reward_model.ensemble"), round_params=("score",),
     deps=lambda c: [*reward_model_dirs(c.params), layout.samples(c.round)],
     outs=lambda c: [layout.scores(c.round)],
-    applies=_sampled, gpu=True,
+    applies=lambda c: c.rejection_sampled, gpu=True,
 )]
 
 
