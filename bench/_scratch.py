@@ -13,7 +13,10 @@ from pathlib import Path
 
 import yaml
 
-PARTS = ("alignloop", "params.yaml", "data/curated", "data/models", "data/eval")
+from alignloop.pipeline import layout
+
+# What the rounds start from: the package, params, curated data, the models before the rounds, SFT's evaluation.
+PARTS = ("alignloop", layout.PARAMS, layout.CURATED, str(Path(layout.SFT).parent), str(Path(layout.eval_paths("sft")[0]).parent))
 
 
 def scratch_copy(project: Path, prefix: str, parts: tuple[str, ...] = PARTS, work: Path | None = None) -> tuple[Path, dict]:

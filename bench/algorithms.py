@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from _out import write_result  # noqa: E402
 from _scratch import run_round, run_stage, scratch_copy, set_params  # noqa: E402
+from alignloop.pipeline import layout  # noqa: E402
 
 ROUNDS = {
     "dpo_sigmoid": {"algo": "dpo", "prev": "sft"},
@@ -50,12 +51,12 @@ def main() -> int:
 
     stages = set_params(work, env, edit)
     run_stage(work, env, stages["evaluate_sft"], "evaluate_sft")  # this code version's evaluation of the baseline
-    sft = yaml.safe_load((work / "data/eval/sft.json").read_text())
+    sft = yaml.safe_load((work / layout.eval_paths("sft")[0]).read_text())
     table = {"sft": {k: sft[k] for k in ("gold_reward", "proxy_reward", "kl_to_sft", "win_rate_vs_sft_gold")}}
     for r in rounds:
         t0 = time.perf_counter()
         run_round(work, env, stages, r)
-        ev = yaml.safe_load((work / f"data/rounds/{r}/eval.json").read_text())
+        ev = yaml.safe_load((work / layout.eval_paths(r)[0]).read_text())
         table[r] = {k: ev[k] for k in ("gold_reward", "proxy_reward", "kl_to_sft", "win_rate_vs_sft_gold")}
         table[r]["seconds"] = round(time.perf_counter() - t0)
         print(r, table[r], flush=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from _out import write_result  # noqa: E402
+from alignloop.pipeline import layout  # noqa: E402
 
 
 def margins(groups: dict, counts: dict) -> dict:
@@ -60,19 +61,19 @@ def main() -> int:
     set_threads()
     params = load_params("params.yaml")
     prev = params.rounds[a.round].prev
-    prev_scores = files.read_jsonl(f"data/rounds/{prev}/scores.jsonl")
+    prev_scores = files.read_jsonl(layout.scores(prev))
     by_prompt = defaultdict(list)
     for row in prev_scores:
         by_prompt[row["prompt_id"]].append(row["reward"])
-    prompts = files.read_jsonl("data/curated/prompts/train.jsonl", files.validate_prompt, id_key="id")
+    prompts = files.read_jsonl(layout.PROMPTS_TRAIN, files.validate_prompt, id_key="id")
     policy = start_policy(params, a.round)
     tok, model = load_tokenizer(policy, params.model), load_causal_lm(policy, params.model)
     g = params.round_section(a.round, "generate")
     rows = sample(model, tok, [(p["id"], p["prompt"]) for p in prompts], n=a.n_max, max_new_tokens=g.max_new_tokens,
                   temperature=g.temperature, top_p=g.top_p, batch_size=g.batch_size, seed=a.seed,
                   max_prompt_tokens=params.model.max_length - g.max_new_tokens, desc="budget bench")
-    rm = load_reward_model("data/models/rm", params.model)
-    rewards = reward_scores(rm, load_tokenizer("data/models/rm", params.model), [r["prompt"] for r in rows],
+    rm = load_reward_model(layout.RM, params.model)
+    rewards = reward_scores(rm, load_tokenizer(layout.RM, params.model), [r["prompt"] for r in rows],
                             [r["response"] for r in rows], batch_size=params.score.batch_size,
                             max_length=params.model.max_length)
     groups = defaultdict(list)

@@ -45,6 +45,7 @@ from _out import write_result  # noqa: E402
 from _scratch import run_stage, scratch_copy, set_params  # noqa: E402
 
 from alignloop.core.config import merge  # noqa: E402
+from alignloop.pipeline import layout  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name substring, most specific first.
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
@@ -60,7 +61,7 @@ SMOKE = {
     "generate": {"n": 4, "max_new_tokens": 12}, "pairs": {"min_margin": 0.0}, "dpo": {"batch_size": 8},
     "evaluate": {"max_new_tokens": 12, "samples_per_prompt": 1, "bootstrap_resamples": 100},
 }
-METRICS = {"sft": "data/models/sft.metrics.json", "reward_model": "data/models/rm.metrics.json"}
+METRICS = {"sft": layout.SFT_METRICS, "reward_model": layout.RM_METRICS}
 
 
 def peak_flops(device: str) -> float | None:
@@ -118,7 +119,7 @@ def main() -> int:
 
     training = {}
     for name in [s for s in todo if s in METRICS or s.startswith(("dpo_", "raft_"))]:
-        m = json.loads((work / METRICS.get(name, f"data/rounds/{r}/train_metrics.json")).read_text())
+        m = json.loads((work / METRICS.get(name, layout.train_metrics(r))).read_text())
         training[name] = {**training_figures(m, peak, m.get("reference_forward_in_training", False)),
                           "stage_wall_s": walls[name]}
     result = {
@@ -127,7 +128,7 @@ def main() -> int:
         "training": training,
         "round_split_s": round_split(walls, r, round_total), "round_total_s": round_total,
         "setup_s": {s: walls[s] for s in SETUP if s in walls}, "stage_wall_s": walls,
-        "eval": json.loads((work / f"data/rounds/{r}/eval.json").read_text()),
+        "eval": json.loads((work / layout.eval_paths(r)[0]).read_text()),
         "note": "tokens = non-padding tokens trained on (prompt included); FLOPs/token = 4N + 2N_trainable "
                 "(+2N DPO reference in the loop); MFU against the dense bf16 peak x GPUs; n/a without a known peak",
     }

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from _out import write_result  # noqa: E402
 from _scratch import run_round, run_stage, scratch_copy, set_params  # noqa: E402
+from alignloop.pipeline import layout  # noqa: E402
 
 KEYS = ("gold_reward", "win_rate_vs_sft_gold", "win_rate_vs_sft_gold_ci", "kl_to_sft", "proxy_reward",
         "proxy_gold_gap")
@@ -40,7 +41,7 @@ def main() -> int:
     table: dict = {}
 
     def record(arm: str, r: str, pairs: int) -> None:
-        table[arm] = {"pairs": pairs, **{k: read(f"data/rounds/{r}/eval.json")[k] for k in KEYS}}
+        table[arm] = {"pairs": pairs, **{k: read(layout.eval_paths(r)[0])[k] for k in KEYS}}
         print(arm, table[arm], flush=True)
 
     # (b) iterative
@@ -53,10 +54,10 @@ def main() -> int:
 
     stages = set_params(work, env, edit_b)
     run_stage(work, env, stages["evaluate_sft"], "evaluate_sft")
-    table["sft"] = {k: read("data/eval/sft.json").get(k) for k in KEYS}
+    table["sft"] = {k: read(layout.eval_paths("sft")[0]).get(k) for k in KEYS}
     for r in iterative:
         run_round(work, env, stages, r)
-    budget = sum(read(f"data/rounds/{r}/pairs_metrics.json")["pairs"] for r in iterative)
+    budget = sum(read(layout.pairs_metrics(r))["pairs"] for r in iterative)
     record("b_iterative_3_rounds", "i3", budget)
 
     # (a) offline at the same budget
@@ -65,7 +66,7 @@ def main() -> int:
 
     stages = set_params(work, env, edit_a)
     run_round(work, env, stages, "off")
-    record("a_offline_1_round", "off", min(budget, read("data/rounds/off/train_metrics.json")["pairs"]))
+    record("a_offline_1_round", "off", min(budget, read(layout.train_metrics("off"))["pairs"]))
 
     # (c) iterative with a reward-model ensemble
     ens = {f"e{i}": {"algo": "dpo", "prev": "sft" if i == 1 else f"e{i - 1}"} for i in (1, 2, 3)}
@@ -78,11 +79,11 @@ def main() -> int:
     stages = set_params(work, env, edit_c)
     run_stage(work, env, stages["reward_model"], "reward_model")
     run_stage(work, env, stages["evaluate_sft"], "evaluate_sft")  # proxy = the ensemble now
-    table["sft_ensemble_proxy"] = {k: read("data/eval/sft.json").get(k) for k in KEYS}
+    table["sft_ensemble_proxy"] = {k: read(layout.eval_paths("sft")[0]).get(k) for k in KEYS}
     for r in ens:
         run_round(work, env, stages, r)
     record(f"c_iterative_ensemble_{a.ensemble}", "e3",
-           sum(read(f"data/rounds/{r}/pairs_metrics.json")["pairs"] for r in ens))
+           sum(read(layout.pairs_metrics(r))["pairs"] for r in ens))
     write_result("iterative_vs_offline", {"budget_pairs": budget, "table": table})
     shutil.rmtree(work, ignore_errors=True)
     return 0

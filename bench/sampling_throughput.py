@@ -20,6 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from _out import write_result  # noqa: E402
+from alignloop.pipeline import layout  # noqa: E402
 
 
 def count_tokens(gen: torch.Tensor, eos: int, pad: int) -> int:
@@ -31,7 +32,7 @@ def count_tokens(gen: torch.Tensor, eos: int, pad: int) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--policy", default="data/models/sft")
+    ap.add_argument("--policy", default=layout.SFT)
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--per-sample-prompts", type=int, default=24, help="the slow arm runs on this many prompts")
     ap.add_argument("--n", type=int, default=4)
@@ -51,7 +52,7 @@ def main() -> int:
     params = load_params("params.yaml")
     tok, model = load_tokenizer(a.policy, params.model), load_causal_lm(a.policy, params.model)
     model.eval()
-    prompts = files.read_jsonl("data/curated/prompts/train.jsonl", files.validate_prompt, id_key="id")[: a.prompts]
+    prompts = files.read_jsonl(layout.PROMPTS_TRAIN, files.validate_prompt, id_key="id")[: a.prompts]
     pairs = [(p["id"], p["prompt"]) for p in prompts]
     max_prompt = params.model.max_length - a.max_new_tokens
     gen_kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=a.max_new_tokens,

@@ -8,6 +8,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# `make test` runs two workers on this machine's two cores: each worker, and every stage process it starts (they
+# inherit this environment; set_threads honours it), takes its share of the cores. Two 2-thread torch processes on
+# two cores spin against each other: measured, a reward-model stage took 49 s with 2 threads beside a busy core and
+# 32 s with 1.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 
 @pytest.fixture
@@ -28,16 +34,20 @@ SLOW_MODULES = {"test_algorithms_e2e", "test_pipeline_e2e", "test_crash_resume",
                 "test_seeds"}
 
 
-def _in_file_order(items):
-    """pytest-randomly shuffles modules and the tests inside them (`make test` runs in random order). A module marked
-    `in_file_order` is one scenario over one shared project: its tests keep their file order, at the random place
-    pytest-randomly gave the module."""
+def _order(items):
+    """pytest-randomly shuffles modules and the tests inside them (`make test` runs in random order). Two changes
+    to that order, neither of which fixes which test runs when:
+    - the modules that build pipelines come first (in their shuffled order), so that with two workers the
+      minutes-long ones start at once and the quick ones fill in around them, rather than one of them starting
+      last and running alone;
+    - a module marked `in_file_order` is one scenario over one shared project: its tests keep their file order."""
     groups, order = {}, []
-    for i, item in enumerate(items):
+    for item in items:
         key = item.module.__name__ if getattr(item, "module", None) else None
         if key not in groups:
             groups[key], order = [], order + [key]
         groups[key].append(item)
+    order.sort(key=lambda key: not any("slow" in item.keywords for item in groups[key]))  # stable: keeps the shuffle
     out = []
     for key in order:
         group = groups[key]
@@ -50,7 +60,7 @@ def _in_file_order(items):
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA GPU (and, for the vLLM backend, `pip install -e '.[vllm]'`): on a machine without
     one they are reported as skipped with that reason, never silently passed. Their CPU counterparts run here.
-    Tests of SLOW_MODULES are marked `slow`; modules marked `in_file_order` keep their order."""
+    Tests of SLOW_MODULES are marked `slow` and run first; modules marked `in_file_order` keep their order."""
     import importlib.util
 
     import torch
@@ -58,7 +68,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
-    _in_file_order(items)
+    _order(items)
 
     has_gpu = torch.cuda.is_available()
     has_vllm = has_gpu and importlib.util.find_spec("vllm") is not None

@@ -29,7 +29,7 @@ PARAMS = {
     "dpo": {"epochs": 1, "batch_size": 8},
     "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2},
     "registry": {"model_name": "shared-policy"},
-    "rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "r2": {"algo": "dpo", "prev": "r1"}},
+    "rounds": {"r1": {"algo": "dpo", "prev": "sft"}},  # one round each: the two copies register at about the same time
 }
 
 
@@ -78,12 +78,12 @@ def test_two_pipelines_share_one_store_and_a_second_repro_in_one_copy_is_refused
         # Every stage execution of this copy is exactly one run (the reward model's is named like its stage).
         assert per_stage == Counter(stages), (root, per_stage)
     versions = client.search_model_versions("name='shared-policy'")
-    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+    assert sorted(int(v.version) for v in versions) == [1, 2]
     recorded = []
     for root in copies:
-        for r in ("r1", "r2"):
+        for r in ("r1",):
             record = json.loads((root / f"data/rounds/{r}/registry.json").read_text())
             v = client.get_model_version("shared-policy", record["version"])
             assert v.tags["round"] == r and str(root) in v.source, (root, r, v.source)
             recorded.append(int(record["version"]))
-    assert sorted(recorded) == [1, 2, 3, 4]  # each copy's rounds got versions of their own, none shared or lost
+    assert sorted(recorded) == [1, 2]  # each copy's rounds got versions of their own, none shared or lost

@@ -4,7 +4,7 @@
 Asserts what a user relies on: the flow runs every stage once in dependency order; the loop improves the
 hidden gold reward over SFT; `dvc repro` after the flow does nothing (the flow ran exactly the DVC pipeline)
 and neither does a second flow run; a failing stage fails the flow with the stage's own error; a round's DPO
-beta change reruns only that round's training and what follows; asking for 5 rounds after 3 runs exactly the
+beta change reruns only that round's training and what follows; asking for 2 more rounds runs exactly the
 2 new rounds (their generation sharded over Ray tasks, merged into the very samples one process writes);
 `dvc dag/metrics/plots` work; every stage execution is an MLflow run.
 
@@ -31,19 +31,19 @@ pytestmark = pytest.mark.in_file_order
 TINY = {
     "experiment": "e2e",
     "seed": 0,
-    "task": {"num_prompts": 200, "sft_per_prompt": 4, "pairs_per_prompt": 6, "annotator_temperature": 0.3},
+    "task": {"num_prompts": 160, "sft_per_prompt": 4, "pairs_per_prompt": 6, "annotator_temperature": 0.3},
     "model": {"max_length": 64, "arch": {"hidden_size": 96, "num_layers": 2, "num_heads": 4,
                                          "intermediate_size": 256, "vocab_size": 1024}},
     "sft": {"epochs": 4, "lr": 0.004, "batch_size": 32},
-    "reward_model": {"epochs": 6, "lr": 0.001, "batch_size": 32},
+    "reward_model": {"epochs": 5, "lr": 0.001, "batch_size": 32},
     "generate": {"n": 4, "max_new_tokens": 24},
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 16, "ref": "prev"},
     "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4},
     "orchestration": {"retries": 1, "retry_delay_s": 1},
-    "rounds": {"r1": {"algo": "dpo", "prev": "sft", "dpo": {}}, "r2": {"algo": "dpo", "prev": "r1", "dpo": {}},
-               "r3": {"algo": "dpo", "prev": "r2", "dpo": {}}},
+    "rounds": {"r1": {"algo": "dpo", "prev": "sft", "dpo": {}}, "r2": {"algo": "dpo", "prev": "r1", "dpo": {}}},
 }
-ROUNDS = ["r1", "r2", "r3"]
+ROUNDS = ["r1", "r2"]
+LAST = ROUNDS[-1]
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +151,12 @@ def registered(project: Path) -> list[dict]:
 
 
 def test_each_round_is_one_registered_version_even_after_reruns(project):
-    """Three rounds, three versions — after the first flow run, `dvc repro` and a second flow run."""
+    """One version per round — after the first flow run, `dvc repro` and a second flow run."""
     rows = registered(project)
-    assert [v["round"] for v in rows] == ROUNDS and [v["version"] for v in rows] == ["1", "2", "3"]
+    assert [v["round"] for v in rows] == ROUNDS and [v["version"] for v in rows] == ["1", "2"]
     assert "candidate" in rows[-1]["aliases"]
     records = {r: read(project, f"data/rounds/{r}/registry.json") for r in ROUNDS}
-    champion = records["r3"]["champion_after"]
+    champion = records[LAST]["champion_after"]
     holders = [v["version"] for v in rows if "champion" in v["aliases"]]
     if champion["round"] == "sft":  # no round beat SFT: nothing is champion
         assert holders == []
@@ -175,7 +175,7 @@ def test_registry_flow_promotes_and_rolls_back(project):
     registered(project)  # points MLFLOW_TRACKING_URI at the project's store
     before = [v["version"] for v in registry.versions("e2e-policy") if "champion" in v["aliases"]]
     out = registry_flow(action="promote", version="1", reason="test", project_dir=str(project))
-    assert out["champion"] == "1" and out["versions"] == 3
+    assert out["champion"] == "1" and out["versions"] == len(ROUNDS)
     if before:  # rollback returns the champion to the one the gate chose
         assert registry_flow(action="rollback", project_dir=str(project))["champion"] == before[0]
     from prefect.artifacts import Artifact
@@ -209,10 +209,10 @@ def test_mlflow_server_on_the_store_shows_runs_and_registered_versions(project, 
         assert "<html" in get("/").lower()
         model = get("/api/2.0/mlflow/registered-models/get?name=e2e-policy")["registered_model"]
         aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
-        assert aliases["candidate"] == "3"
+        assert aliases["candidate"] == str(len(ROUNDS))
         q = urllib.parse.quote("name='e2e-policy'")
         found = get(f"/api/2.0/mlflow/model-versions/search?filter={q}")["model_versions"]
-        assert sorted(v["version"] for v in found) == ["1", "2", "3"]
+        assert sorted(v["version"] for v in found) == ["1", "2"]
         exp = get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e")["experiment"]
         req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", method="POST",
                                      data=json.dumps({"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).encode(),
@@ -220,7 +220,7 @@ def test_mlflow_server_on_the_store_shows_runs_and_registered_versions(project, 
         with urllib.request.urlopen(req, timeout=10) as r:
             runs = json.loads(r.read())["runs"]
         stages = {t["value"] for run in runs for t in run["data"]["tags"] if t["key"] == "dvc_stage"}
-        assert {"sft", "dpo_r1", "register_r3", "report"} <= stages
+        assert {"sft", "dpo_r1", f"register_{LAST}", "report"} <= stages
     finally:
         server.terminate()
         try:
@@ -356,10 +356,10 @@ def test_dvc_dag_metrics_plots(project):
     assert "rounds.png" in html  # the report's PNG is a plot too
     png = (project / "data/report/rounds.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    ev = read(project, "data/rounds/r3/eval.json")
+    ev = read(project, f"data/rounds/{LAST}/eval.json")
     for key in ("gold_reward_ci", "win_rate_vs_sft_gold_ci", "win_rate_vs_champion_gold_ci"):
         assert ev[key]["low"] <= ev[key.removesuffix("_ci")] <= ev[key]["high"], key
-    assert ev["champion"] == read(project, "data/rounds/r2/registry.json")["champion_after"]["round"]
+    assert ev["champion"] == read(project, f"data/rounds/{ROUNDS[-2]}/registry.json")["champion_after"]["round"]
     assert {"ranking_accuracy", "ranking_accuracy_vs_sft", "rm_eval_accuracy", "self_bleu", "distinct_1",
             "proxy_gold_gap"} <= set(ev)
     assert ev["settings"]["seed"] == TINY.get("evaluate", {}).get("seed", 1234)
@@ -380,42 +380,46 @@ def test_mlflow_run_per_stage(project):
 
 def test_changing_one_rounds_beta_reruns_only_that_round_onward(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["rounds"]["r3"]["dpo"] = {"beta": 0.5}  # top-level beta is 0.3: a real change
+    params["rounds"][LAST]["dpo"] = {"beta": 0.5}  # top-level beta is 0.3: a real change
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         sh(["dvc", "repro", "resolve"], project)  # what `dvc repro` runs first
         status = json.loads(sh(["dvc", "status", "--json"], project).stdout)
-        assert set(status) == {"dpo_r3"}, status
+        assert set(status) == {f"dpo_{LAST}"}, status
         out = sh(["dvc", "repro"], project).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-        assert ran == {"dpo_r3", "evaluate_r3", "register_r3", "report"}, out
-        # A retrained policy is a new version of round r3, and the candidate.
+        assert ran == {f"dpo_{LAST}", f"evaluate_{LAST}", f"register_{LAST}", "report"}, out
+        # A retrained policy is a new version of the last round, and the candidate.
         rows = registered(project)
-        assert [v["round"] for v in rows] == ["r1", "r2", "r3", "r3"] and "candidate" in rows[-1]["aliases"]
+        assert [v["round"] for v in rows] == [*ROUNDS, LAST] and "candidate" in rows[-1]["aliases"]
     finally:
         (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     # Back to beta 0.3: DVC's run cache restores the earlier policy; registering it finds its existing version.
     sh(["dvc", "repro"], project)
     rows = registered(project)
-    assert len(rows) == 4
-    md5 = read(project, "data/rounds/r3/registry.json")["policy"]["md5"]
+    assert len(rows) == len(ROUNDS) + 1
+    md5 = read(project, f"data/rounds/{LAST}/registry.json")["policy"]["md5"]
     assert [v["tags"]["policy_md5"] for v in rows if "candidate" in v["aliases"]] == [md5]
 
 
-def test_rounds_5_after_3_runs_exactly_the_two_new_rounds(project):
+NEW = ["r3", "r4"]  # what asking for two more rounds adds
+
+
+def test_two_more_rounds_run_exactly_the_two_new_rounds(project):
     from flows.pipeline import pipeline
 
-    results = pipeline(project_dir=str(project), rounds=5, overrides={"orchestration.generate_shards": 2},
-                       use_ray=True)
+    results = pipeline(project_dir=str(project), rounds=len(ROUNDS) + len(NEW),
+                       overrides={"orchestration.generate_shards": 2}, use_ray=True)
     ran = [s for r in results for s in r["ran_stages"]]
-    new = [f"{kind}_{r}" for r in ("r4", "r5") for kind in ("generate", "score", "pairs", "dpo", "evaluate", "register")]
+    new = [f"{kind}_{r}" for r in NEW for kind in ("generate", "score", "pairs", "dpo", "evaluate", "register")]
     assert ran == ["resolve"] + new + ["report"], ran  # resolve: the flow wrote the two rounds into params.yaml
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    assert list(raw["rounds"]) == ["r1", "r2", "r3", "r4", "r5"] and raw["rounds"]["r5"]["prev"] == "r4"
-    assert [r["policy"] for r in read(project, "data/report/rounds.json")] == ["sft", "r1", "r2", "r3", "r4", "r5"]
+    assert list(raw["rounds"]) == [*ROUNDS, *NEW] and raw["rounds"][NEW[0]]["prev"] == LAST
+    assert raw["rounds"][NEW[1]]["prev"] == NEW[0]
+    assert [r["policy"] for r in read(project, "data/report/rounds.json")] == ["sft", *ROUNDS, *NEW]
     assert "Running stage" not in sh(["dvc", "repro"], project).stdout  # and DVC agrees it is all done
     rounds = [v["round"] for v in registered(project)]
-    assert rounds.count("r4") == 1 and rounds.count("r5") == 1 and rounds[-2:] == ["r4", "r5"]
+    assert all(rounds.count(r) == 1 for r in NEW) and rounds[-2:] == NEW
 
 
 def test_sharded_generation_on_ray_equals_one_process(project):
@@ -424,9 +428,9 @@ def test_sharded_generation_on_ray_equals_one_process(project):
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["e2e"], output_format="list",
-                              filter_string="tags.dvc_stage = 'generate_r5'")
+                              filter_string=f"tags.dvc_stage = 'generate_{NEW[-1]}'")
     assert [r.data.metrics.get("merged_shards") for r in runs] == [2.0]
-    sharded = (project / "data/rounds/r5/samples.jsonl").read_bytes()
-    sh(["dvc", "repro", "--force", "--single-item", "generate_r5"], project)
-    assert (project / "data/rounds/r5/samples.jsonl").read_bytes() == sharded
-    assert not (project / ".alignloop/shards/r5").exists()  # merged shards are cleaned up
+    sharded = (project / f"data/rounds/{NEW[-1]}/samples.jsonl").read_bytes()
+    sh(["dvc", "repro", "--force", "--single-item", f"generate_{NEW[-1]}"], project)
+    assert (project / f"data/rounds/{NEW[-1]}/samples.jsonl").read_bytes() == sharded
+    assert not (project / f".alignloop/shards/{NEW[-1]}").exists()  # merged shards are cleaned up
