@@ -40,6 +40,8 @@ def maybe_relaunch(stage: str, argv: list[str], mode: str) -> int | None:
     """Run the stage under ``accelerate launch`` when :func:`launch_command` says so; its exit code, else None."""
     import os
 
+    if stage not in TRAINING_STAGES:  # never relaunched: skip asking CUDA, which means importing torch (~2 s)
+        return None
     import torch
 
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -42,15 +42,14 @@ def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], Non
                 f"{args.params}: no round '{args.round}' under 'rounds' (fix: one of {[*extra_rounds, *params.rounds]}, "
                 "or add it and run `alignloop render`)"
             )
-        from alignloop.ml.launch import TRAINING_STAGES, maybe_relaunch
+        from alignloop.ml.launch import maybe_relaunch
 
         # More than one GPU visible: a training stage reruns itself as one accelerate worker per GPU and exits with
-        # their status (alignloop/ml/launch.py); with one GPU or none this is None and the stage runs here. Only
-        # training stages ask: asking CUDA means importing torch, ~2 s of every file-only stage (pairs, register...).
-        if name in TRAINING_STAGES:
-            code = maybe_relaunch(name, sys.argv[1:] if argv is None else list(argv), params.train.distributed)
-            if code is not None:
-                return code
+        # their status (alignloop/ml/launch.py); with one GPU or none, or any other stage, this is None and the stage
+        # runs here (file-only stages do not import torch for the question).
+        code = maybe_relaunch(name, sys.argv[1:] if argv is None else list(argv), params.train.distributed)
+        if code is not None:
+            return code
         if spec.gpu:  # the stages that run a model
             from alignloop.ml.modeling import set_threads
 
