@@ -8,16 +8,20 @@ BIN := $(VENV)/bin
 LOCK ?= requirements-cpu.lock
 CONSTRAINTS ?= constraints-cpu.txt
 PIP := $(BIN)/pip --disable-pip-version-check
+# uv installs the lock into the venv (measured here: 11 s, where pip took 3.7 min); uv itself is pinned with its hashes
+# in requirements-bootstrap.lock and installed by pip. The local torch CPU wheel is found where pip finds it.
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 
 .PHONY: setup init demo test test-fast repro lock clean-data
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml $(LOCK) requirements-bootstrap.lock
 	$(PYTHON) -m venv $(VENV)
 ifneq ($(LOCK),)
-	$(PIP) install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) install --quiet --require-hashes --no-deps -r requirements-bootstrap.lock
+	$(UV) --require-hashes --no-deps -r $(LOCK)
+	$(UV) --no-deps --no-build-isolation -e .
 else
 	$(PIP) install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS),) -e '.[test]'
 endif
@@ -34,6 +38,8 @@ lock:
 	$(PYTHON) -m pip install --quiet pip-tools
 	$(PYTHON) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra test \
 	  --no-emit-find-links --no-emit-index-url -c constraints-cpu.txt -o requirements-cpu.lock pyproject.toml
+	grep -E '^uv==' requirements-bootstrap.lock | sed 's/ *\\$$//' | $(PYTHON) -m piptools compile --quiet \
+	  --generate-hashes --no-emit-find-links --no-emit-index-url -o requirements-bootstrap.lock -
 
 # A git repo and a DVC project are part of set-up where missing (e.g. from a source tarball).
 init: setup

@@ -12,8 +12,14 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # inherit this environment; set_threads honours it), takes its share of the cores. Two 2-thread torch processes on
 # two cores spin against each other: measured, a reward-model stage took 49 s with 2 threads beside a busy core and
 # 32 s with 1.
+# The xdist controller imports this file before it starts the workers, which inherit its environment: a plain
+# setdefault would hand them the controller's value (all cores) and each stage would run 2 threads beside another
+# 2-thread stage (measured: a reward model 5x slower in the suite than alone). So the value this file set is
+# recomputed in each worker; one the user exported is kept.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+if "OMP_NUM_THREADS" not in os.environ or os.environ.get("ALIGNLOOP_TEST_THREADS_SET"):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
+    os.environ["ALIGNLOOP_TEST_THREADS_SET"] = "1"
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """PPO and RAFT rounds alongside DPO, end to end on a reduced embedded configuration.
 
-One fresh DVC project whose rounds mix algorithms: d1 (dpo from SFT) -> d2 (dpo) -> p3 (ppo), plus ps (ppo from
+One fresh DVC project whose rounds mix algorithms: d1 (dpo from SFT) -> p3 (ppo), plus ps (ppo from
 SFT) and rf (raft from SFT). The Prefect pipeline flow runs it (under ``prefect_test_harness``); `dvc repro` must
 then have nothing left to do. Asserted: each round ran only the stages its algorithm needs; PPO from SFT raises
 the held-out gold reward and keeps KL to the reference under its limit; RAFT trains on the best samples and
@@ -44,8 +44,7 @@ PARAMS = {
     "orchestration": {"retries": 0},
     "rounds": {
         "d1": {"algo": "dpo", "prev": "sft"},
-        "d2": {"algo": "dpo", "prev": "d1"},
-        "p3": {"algo": "ppo", "prev": "d2"},
+        "p3": {"algo": "ppo", "prev": "d1"},
         "ps": {"algo": "ppo", "prev": "sft"},
         "rf": {"algo": "raft", "prev": "sft"},
     },
@@ -66,14 +65,14 @@ def project(tmp_path_factory) -> Path:
 
 def test_each_round_runs_only_its_algorithms_stages(project):
     stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
-    for r in ("d1", "d2"):
+    for r in ("d1",):
         assert {f"generate_{r}", f"score_{r}", f"pairs_{r}", f"dpo_{r}", f"evaluate_{r}"} <= set(stages)
     for r in ("p3", "ps"):
         assert f"ppo_{r}" in stages and not {f"generate_{r}", f"pairs_{r}", f"dpo_{r}"} & set(stages)
     assert {"generate_rf", "score_rf", "raft_rf"} <= set(stages) and not {"pairs_rf", "dpo_rf"} & set(stages)
     ran = [r["stage"] for r in read(project, "flow.json") if r.get("ran")]
     assert [s for s in ran if s in stages] == [s for s in stages if s in ran]  # dvc.yaml order
-    assert {"dpo_d1", "dpo_d2", "ppo_p3", "ppo_ps", "raft_rf"} <= set(ran)
+    assert {"dpo_d1", "ppo_p3", "ppo_ps", "raft_rf"} <= set(ran)
 
 
 def test_dvc_repro_after_the_mixed_flow_does_nothing(project):
@@ -92,11 +91,15 @@ def test_ppo_from_sft_raises_gold_reward_within_the_kl_limit(project):
     assert 0 < train["kl_to_ref_last"] < KL_LIMIT and ps["kl_to_sft"] < KL_LIMIT
 
 
-def test_ppo_after_two_dpo_rounds_trains_from_d2(project):
+def test_ppo_after_a_dpo_round_trains_from_that_rounds_policy(project):
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    d1_policy = next(o["md5"] for o in lock["dpo_d1"]["outs"] if o["path"] == "data/rounds/d1/policy")
+    starts = {d["path"]: d["md5"] for d in lock["ppo_p3"]["deps"] if d["path"].endswith("/policy")}
+    assert starts == {"data/rounds/d1/policy": d1_policy}  # the policy dpo_d1 wrote, and no other round's
     train = read(project, "data/rounds/p3/train_metrics.json")
     assert train["iterations"] == PARAMS["ppo"]["iterations"] or train["stopped_early"]
-    d2, p3 = read(project, "data/rounds/d2/eval.json"), read(project, "data/rounds/p3/eval.json")
-    assert p3["kl_to_sft"] > 0 and p3["gold_reward"] != d2["gold_reward"]
+    d1, p3 = read(project, "data/rounds/d1/eval.json"), read(project, "data/rounds/p3/eval.json")
+    assert p3["kl_to_sft"] > 0 and p3["gold_reward"] != d1["gold_reward"]  # it trained: the policy moved
 
 
 def test_raft_fine_tunes_on_the_best_samples(project):

@@ -75,8 +75,8 @@ def test_adaptive_budget_gives_more_prompts_a_usable_pair_for_no_more_samples(pr
 def test_ensemble_members_are_trained_differ_and_are_combined(project):
     for d in ("data/models/rm", "data/models/rm-1"):
         assert (project / d / "model.safetensors").is_file()
-    metrics = json.loads((project / "data/models/rm.metrics.json").read_text())
-    assert metrics["ensemble"] == 2
+    assert json.loads((project / "data/models/rm.metrics.json").read_text())["ensemble"] == 2
+    metrics = json.loads((project / "data/models/rm.heldout.json").read_text())
     assert {"eval_accuracy", "member1_eval_accuracy", "ensemble_eval_accuracy"} <= set(metrics)
     assert metrics["eval_accuracy"] > 0.6 and metrics["member1_eval_accuracy"] > 0.6  # both learned the preferences
     rows = [x for g in rewards_by_prompt(project, "uni").values() for x in g]

@@ -29,7 +29,8 @@ BASE = "data/models/base"
 SFT = "data/models/sft"
 SFT_METRICS = f"{SFT}.metrics.json"
 RM = "data/models/rm"
-RM_METRICS = f"{RM}.metrics.json"
+RM_METRICS = f"{RM}.metrics.json"  # training: losses, runtime, throughput
+RM_HELDOUT = f"{RM}.heldout.json"  # held-out pair accuracy: a function of the weights alone, unlike the runtimes
 
 
 def reward_model_dirs(ensemble: int) -> list[str]:

@@ -25,7 +25,7 @@ from alignloop.pipeline.layout import eval_paths
 from alignloop.pipeline.specs import Ctx, StageSpec
 from alignloop.pipeline.tracking import stage_run
 
-PROMPTS, PREFS, RM_METRICS = layout.PROMPTS_EVAL, layout.PREFS_EVAL, layout.RM_METRICS
+PROMPTS, PREFS, RM_HELDOUT = layout.PROMPTS_EVAL, layout.PREFS_EVAL, layout.RM_HELDOUT
 _CODE = ("alignloop.ml.inference", "alignloop.ml.modeling", "alignloop.core.ensemble", "alignloop.core.metrics",
          "alignloop.pipeline.lineage")
 _PARAMS = ("model", "evaluate", "score", "reward_model.ensemble", "data.source")
@@ -36,7 +36,7 @@ def _gold(ctx: Ctx) -> list[str]:
 
 
 def _deps(ctx: Ctx) -> list[str]:
-    return [PROMPTS, PREFS, *reward_model_dirs(ctx.params), RM_METRICS]
+    return [PROMPTS, PREFS, *reward_model_dirs(ctx.params), RM_HELDOUT]
 
 
 def _round_deps(ctx: Ctx) -> list[str]:
@@ -113,9 +113,9 @@ def run(params, args) -> None:
     if gold is not None:
         metrics["gold_reward"] = mean(gold)
         metrics["gold_reward_ci"] = _ci(bootstrap_ci(gold, **ci))
-    rm_metrics = files.read_json(RM_METRICS)
-    if "eval_accuracy" in rm_metrics:
-        metrics["rm_eval_accuracy"] = rm_metrics["eval_accuracy"]
+    rm_heldout = files.read_json(RM_HELDOUT)
+    if "eval_accuracy" in rm_heldout:
+        metrics["rm_eval_accuracy"] = rm_heldout["eval_accuracy"]
 
     # Win-rates against the baselines' samples of the same prompts and seeds.
     champion = champion_before(params, name)

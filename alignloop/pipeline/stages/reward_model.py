@@ -37,7 +37,7 @@ SPECS = [StageSpec(
                              else [])),
     params=("seed", "model", "train", "reward_model", "score.batch_size", "data.source"),
     deps=lambda c: [_init(c), TRAIN, EVAL], outs=lambda c: reward_model_dirs(c.params),
-    metrics=lambda c: [layout.RM_METRICS], gpu=True,
+    metrics=lambda c: [layout.RM_METRICS, layout.RM_HELDOUT], gpu=True,
 )]
 
 
@@ -98,6 +98,9 @@ def run(params, args) -> None:
     eval_rows = files.read_jsonl(EVAL, files.validate_pair, id_key="id", allow_empty=True)
     outs = reward_model_dirs(params)
     metrics: dict = {"train_pairs": len(train_rows), "ensemble": len(outs)}
+    # Held-out accuracy goes to its own file: evaluate reads it, and it depends on the weights alone, so a resumed
+    # run (same weights, other runtimes in the metrics file) does not make every evaluation rerun.
+    heldout: dict = {}
     member_eval: list[tuple[list[float], list[float]]] = []
     member_logs: list[tuple[str, list[dict], dict]] = []
     for k, out in enumerate(outs):
@@ -106,18 +109,21 @@ def run(params, args) -> None:
         trainer, tokenizer, result = train_member(params, params.seed + k, train_rows, init)
         acc, scores = heldout_accuracy(trainer.model, tokenizer, eval_rows, params)
         member_eval.append(scores)
-        m = {"train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history), **acc,
+        m = {"train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history),
              **throughput(trainer, result)}
         metrics.update(m if k == 0 else {f"member{k}_{key}": v for key, v in m.items()})
+        heldout.update(acc if k == 0 else {f"member{k}_{key}": v for key, v in acc.items()})
+        m = {**m, **acc}  # the member's MLflow run shows both
         main = save_trained(trainer, tokenizer, out)  # merges LoRA; False in accelerate workers but the main one
         member_logs.append(("reward_model" if k == 0 else f"reward_model_member{k}", trainer.state.log_history, m))
     if len(outs) > 1 and eval_rows:  # the members' mean (score.aggregate is the score stage's business, not ours)
         chosen = aggregate([c for c, _ in member_eval], "mean")
         rejected = aggregate([r for _, r in member_eval], "mean")
-        metrics["ensemble_eval_accuracy"] = pair_accuracy(chosen, rejected)
+        heldout["ensemble_eval_accuracy"] = pair_accuracy(chosen, rejected)
     if not main:  # accelerate worker other than the main process: outputs and MLflow runs are the main one's
         return
     files.write_json(layout.RM_METRICS, metrics)
+    files.write_json(layout.RM_HELDOUT, heldout)
     shutil.rmtree(Path(layout.CKPT_ROOT) / "reward_model", ignore_errors=True)  # every member is saved: nothing left to resume
     # One MLflow run per member, logged once all are saved: a run killed after member 0 and resumed logs each once.
     for name, history, m in member_logs:
@@ -125,9 +131,9 @@ def run(params, args) -> None:
             log_curves(run_, history, ("loss", "accuracy", "margin"))
             run_.log_metrics(m)
     print(f"reward_model: {len(outs)} model(s) on {len(train_rows)} pairs, held-out accuracy "
-          f"{metrics.get('eval_accuracy', float('nan')):.3f}"
-          + (f", vs gold {metrics['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in metrics else "")
-          + (f", ensemble {metrics['ensemble_eval_accuracy']:.3f}" if "ensemble_eval_accuracy" in metrics else "")
+          f"{heldout.get('eval_accuracy', float('nan')):.3f}"
+          + (f", vs gold {heldout['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in heldout else "")
+          + (f", ensemble {heldout['ensemble_eval_accuracy']:.3f}" if "ensemble_eval_accuracy" in heldout else "")
           + f"; saved {', '.join(outs)}")
 
 
