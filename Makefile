@@ -59,8 +59,10 @@ demo: repro
 ifeq ($(SEED),)
 SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
 endif
+# --no-loadscope-reorder: xdist would otherwise queue modules by test count, so the minutes-long modules (few tests
+# each) ran last; tests/conftest.py queues them longest first instead.
 PYTEST := echo "test order seed: $(SEED) (replay: make test SEED=$(SEED))" && python -m pytest -q -n 2 --dist loadfile \
-  -p randomly --randomly-seed=$(SEED)
+  --no-loadscope-reorder -p randomly --randomly-seed=$(SEED)
 
 test: init
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && $(PYTEST)

@@ -42,7 +42,8 @@ def _dvc_tags(stage: str) -> dict[str, str]:
     """The DVC record of the stage that trained the policy: its deps' and outs' md5s and its params' md5."""
     import hashlib
 
-    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on a long dvc.lock
+    lock = yaml.load(Path("dvc.lock").read_text(), Loader=loader) if Path("dvc.lock").exists() else {}
     entry = (lock.get("stages") or {}).get(stage) or {}
     tags = {f"dvc.{d['path']}": d.get("md5", "") for d in entry.get("deps", []) + entry.get("outs", [])
             if d.get("path", "").startswith("data/")}
