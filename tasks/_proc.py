@@ -23,6 +23,8 @@ def stage_env(device: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Every output line becomes a Prefect log record: progress bars (ours and the Trainer's) update every 5 s at most.
+    env.setdefault("TQDM_MININTERVAL", "5")
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     return env

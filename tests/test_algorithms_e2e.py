@@ -39,7 +39,7 @@ PARAMS = {
     "ppo": {"iterations": 12, "rollout_prompts": 48, "max_new_tokens": 24, "kl_limit": KL_LIMIT,
             "checkpoint_every": 2},
     "raft": {"k": 1, "lr": 0.0005, "epochs": 2, "batch_size": 16},
-    "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4},
+    "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4, "temperature": 1.0},  # its samples double as KL samples
     "registry": {"enabled": False},
     "orchestration": {"retries": 0},
     "rounds": {

@@ -27,7 +27,7 @@ PARAMS = {
     "reward_model": {"epochs": 2, "batch_size": 16},
     "generate": {"n": 4, "max_new_tokens": 16},
     "dpo": {"epochs": 1, "batch_size": 8},
-    "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2},
+    "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2, "kl_samples_per_prompt": 2, "temperature": 1.0},
     "registry": {"model_name": "shared-policy"},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft"}},  # one round each: the two copies register at about the same time
 }

@@ -42,7 +42,7 @@ PARAMS = {
     "reward_model": {"epochs": 2, "lr": 0.001, "batch_size": 8, "checkpoint_every": 5},
     "generate": {"n": 4, "max_new_tokens": 16, "batch_size": 8},
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 4, "checkpoint_every": 5},
-    "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2},
+    "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2, "kl_samples_per_prompt": 2, "temperature": 1.0},
     "registry": {"enabled": False},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft"}},
 }

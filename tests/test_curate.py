@@ -144,6 +144,7 @@ def test_curate_hand_made_counts():
         "sft_train_rows": 2,
         "pref_train_rows": 2,
         "pref_eval_rows": 1,
+        "pref_judge_rows": 0,
         "eval_prompt_rows_removed_from_train": 1,
         "kept_rows": 9,
     }
@@ -170,6 +171,35 @@ def test_curate_derives_prompts_and_sft_from_pairs():
     m = res.metrics
     assert (m["input_rows"], m["duplicates_removed"], m["kept_rows"], m["sft_train_rows"]) == (7, 1, 4, 2)
     assert m["by_kind"]["sft"] == {"derived_from": "prefs", "duplicates": 1, "train": 2}
+
+
+def test_judge_split_is_a_further_hash_band_and_feeds_nothing_but_the_judge():
+    """Prompts with eval_score in [eval_fraction, eval_fraction + judge_fraction) are the judge's: their pairs go to
+    prefs_judge only; their SFT rows and prompts are in no training set."""
+    keys = [f"prompt {i}" for i in range(300)]
+    pairs = [{"id": f"q{i}", "prompt": k, "chosen": "good answer", "rejected": "bad"} for i, k in enumerate(keys)]
+    sft = [{"id": f"s{i}", "prompt": k, "response": "good answer"} for i, k in enumerate(keys)]
+    prompts = [{"id": f"p{i}", "prompt": k} for i, k in enumerate(keys)]
+    cfg = CurateConfig(eval_fraction=0.2, judge_fraction=0.25)
+    res = curate(prompts, sft, pairs, cfg, seed=3)
+    judge = {r["prompt"] for r in res.prefs_judge}
+    assert judge == {k for k in keys if 0.2 <= eval_score(k, 3) < 0.45} and 45 <= len(judge) <= 105
+    train = {r["prompt"] for r in res.prompts_train}
+    assert not judge & train and not judge & {r["prompt"] for r in res.prompts_eval}
+    assert not judge & {r["prompt"] for r in res.prefs_train} and not judge & {r["prompt"] for r in res.sft}
+    assert train | judge | {r["prompt"] for r in res.prompts_eval} == set(keys)  # every prompt in exactly one split
+    m = res.metrics
+    assert m["pref_judge_rows"] == len(res.prefs_judge) and m["by_kind"]["prompts"]["judge"] == len(judge)
+    assert m["pref_train_rows"] + m["pref_eval_rows"] + m["pref_judge_rows"] == len(pairs)
+    # The eval split does not move when a judge split is added: the judge takes its prompts from training only.
+    plain = curate(prompts, sft, pairs, CurateConfig(eval_fraction=0.2), seed=3)
+    assert plain.prompts_eval == res.prompts_eval and plain.prefs_judge == []
+    assert {r["prompt"] for r in plain.prompts_train} == train | judge
+
+
+def test_split_fractions_must_leave_training_data():
+    with pytest.raises(ValueError, match="fix: lower one of them"):
+        CurateConfig(eval_fraction=0.5, judge_fraction=0.4)
 
 
 def test_curate_message_prompts_split_by_their_json_key():

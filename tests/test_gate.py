@@ -47,3 +47,15 @@ def test_missing_metrics_fail_rather_than_pass():
 
 def test_no_rules_promotes():
     assert gate_decision({}, {}, beat=[]) == (True, [])
+
+
+def test_lower_bound_needs_the_whole_interval_above_it():
+    """A judge win-rate of 0.6 whose interval reaches down to 0.48 is not yet better than the champion."""
+    rule = dict(beat=[], lower_bounds={"win_rate_vs_champion_judge": 0.5})
+    ok, reasons = gate_decision({"win_rate_vs_champion_judge": 0.6}, {}, lows={"win_rate_vs_champion_judge": 0.48}, **rule)
+    assert not ok and reasons == ["FAIL win_rate_vs_champion_judge: interval low 0.4800 <= 0.5"]
+    ok, reasons = gate_decision({}, {}, lows={"win_rate_vs_champion_judge": 0.53}, **rule)
+    assert ok and reasons == ["pass win_rate_vs_champion_judge: interval low 0.5300 > 0.5"]
+    assert not gate_decision({}, {}, lows={"win_rate_vs_champion_judge": 0.5}, **rule)[0]  # strictly above
+    ok, reasons = gate_decision({}, {}, lows={}, **rule)  # no interval: the rule cannot pass
+    assert not ok and "no confidence interval" in reasons[0]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from alignloop.core.metrics import distinct_n, finite, kl_estimate, mean, pair_accuracy, win_rate
+from alignloop.core.metrics import distinct_n, finite, mean, pair_accuracy, win_rate
 
 
 def test_mean():
@@ -61,18 +61,6 @@ def test_distinct_n_texts_shorter_than_n():
 def test_distinct_3():
     # x y z x y z -> (x y z) (y z x) (z x y) (x y z): 4 trigrams, 3 distinct -> 0.75
     assert distinct_n(["x y z x y z"], 3) == pytest.approx(0.75)
-
-
-def test_kl_estimate():
-    # log pi - log ref: 0.5, 0.0, 1.0 -> mean 0.5
-    assert kl_estimate([-1.0, -2.0, -0.5], [-1.5, -2.0, -1.5]) == pytest.approx(0.5)
-    # identical -> 0; the k1 estimate can be negative on a single sample
-    assert kl_estimate([-3.0, -4.0], [-3.0, -4.0]) == 0.0
-    assert kl_estimate([-2.0], [-1.0]) == pytest.approx(-1.0)
-    with pytest.raises(ValueError):
-        kl_estimate([-1.0, -2.0], [-1.0])
-    with pytest.raises(ValueError):
-        kl_estimate([], [])
 
 
 def test_pair_accuracy():

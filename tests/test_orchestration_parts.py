@@ -43,10 +43,10 @@ def test_must_run(name, stale, ran, expected):
 
 def test_read_plan_on_the_committed_dvc_yaml():
     plan = read_plan(REPO, ["r1", "r2", "r3"])
-    assert plan.before == ["resolve", "prepare", "curate", "base", "sft", "reward_model", "evaluate_sft"]
+    assert plan.before == ["resolve", "prepare", "curate", "base", "sft", "judge_model", "reward_model", "evaluate_sft"]
     assert plan.rounds["r2"] == ["generate_r2", "score_r2", "pairs_r2", "dpo_r2", "evaluate_r2", "register_r2"]
     assert plan.after == ["report"]
-    assert {"sft", "reward_model", "evaluate_sft", "generate_r1", "score_r1", "dpo_r1", "evaluate_r3"} <= plan.gpu
+    assert {"sft", "judge_model", "reward_model", "evaluate_sft", "generate_r1", "score_r1", "dpo_r1", "evaluate_r3"} <= plan.gpu
     assert not {"resolve", "prepare", "curate", "base", "pairs_r1", "report"} & plan.gpu
     assert {"pairs_r2", "dpo_r1"} <= plan.upstream["dpo_r2"]       # ref = prev: the previous policy is read
     assert "dpo_r1" in plan.upstream["generate_r2"]
@@ -56,7 +56,7 @@ def test_read_plan_round_names_with_underscores():
     plan = read_plan(REPO, ["r1", "r2", "r3"])
     # every stage lands in exactly one group
     grouped = plan.before + [s for v in plan.rounds.values() for s in v] + plan.after
-    assert len(grouped) == len(set(grouped)) == 26
+    assert len(grouped) == len(set(grouped)) == 27
 
 
 LOG = [

@@ -39,6 +39,10 @@ TINY = {
     "generate": {"n": 4, "max_new_tokens": 24},
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 16, "ref": "prev"},
     "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4},
+    # A held-out judge (its own split, seed and stage) beside gold, and a gate rule on it.
+    "curate": {"judge_fraction": 0.1},
+    "judge_model": {"enabled": True, "init": "sft", "epochs": 5},
+    "registry": {"gate": {"beat_champion": ["proxy_reward"], "lower_bound": {"win_rate_vs_sft_judge": 0.5}}},
     "orchestration": {"retries": 1, "retry_delay_s": 1},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft", "dpo": {}}, "r2": {"algo": "dpo", "prev": "r1", "dpo": {}}},
 }
@@ -364,6 +368,29 @@ def test_dvc_dag_metrics_plots(project):
     assert {"ranking_accuracy", "ranking_accuracy_vs_sft", "rm_eval_accuracy", "self_bleu", "distinct_1",
             "proxy_gold_gap"} <= set(ev)
     assert ev["settings"]["seed"] == TINY.get("evaluate", {}).get("seed", 1234)
+
+
+def test_rounds_are_judged_by_the_held_out_judge_and_an_exact_kl(project):
+    """The judge trains on its own split only, nothing but evaluation reads it, and the gate decided on it; the KL
+    (evaluate.temperature 0.7 here: drawn from separate temperature-1 samples) is exact and never negative."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert "data/curated/prefs/judge.jsonl" in stages["judge_model"]["deps"]
+    readers = {name for name, st in stages.items() if "data/models/judge" in st.get("deps", [])}
+    assert readers == {"evaluate_sft", *(f"evaluate_{r}" for r in ROUNDS)}, readers
+    judge_prompts = {json.loads(l)["prompt"] for l in (project / "data/curated/prefs/judge.jsonl").read_text().splitlines()}
+    train = {json.loads(l)["prompt"] for f in ("prefs/train.jsonl", "sft.jsonl", "prompts/train.jsonl")
+             for l in (project / "data/curated" / f).read_text().splitlines()}
+    assert judge_prompts and not judge_prompts & train
+    for r in ROUNDS:
+        ev = read(project, f"data/rounds/{r}/eval.json")
+        for key in ("judge_reward", "win_rate_vs_sft_judge", "win_rate_vs_champion_judge"):
+            assert ev[f"{key}_ci"]["low"] <= ev[key] <= ev[f"{key}_ci"]["high"], (r, key)
+        assert ev["proxy_judge_gap"] == pytest.approx(ev["win_rate_vs_sft_proxy"] - ev["win_rate_vs_sft_judge"])
+        assert ev["kl_to_sft"] > 0 and ev["kl_to_prev"] > 0 and ev["kl_samples"] == ev["samples"]
+        assert ev["kl_to_sft_ci"]["low"] >= 0
+        reasons = read(project, f"data/rounds/{r}/registry.json")["reasons"]
+        assert any(x.split()[1] == "win_rate_vs_sft_judge:" for x in reasons), reasons
+    assert read(project, "data/rounds/r1/eval.json")["kl_to_prev"] == read(project, "data/rounds/r1/eval.json")["kl_to_sft"]
 
 
 def test_mlflow_run_per_stage(project):

@@ -76,9 +76,18 @@ class DataConfig(_Section):
 
 class CurateConfig(_Section):
     eval_fraction: float = Field(0.15, gt=0, lt=1, description="Share of distinct prompts held out for evaluation.")
+    judge_fraction: float = Field(0.0, ge=0, lt=1, description="Share of distinct prompts whose preference pairs "
+                                  "train only the held-out judge model (prefs/judge.jsonl; needs judge_model.enabled).")
     min_response_chars: int = Field(1, ge=1, description="Drop SFT/pair responses shorter than this.")
     max_response_chars: int = Field(2000, gt=0, description="Drop SFT/pair responses longer than this.")
     max_prompt_chars: int = Field(2000, gt=0, description="Drop prompts longer than this.")
+
+    @model_validator(mode="after")
+    def _splits_fit(self) -> "CurateConfig":
+        if self.eval_fraction + self.judge_fraction >= 0.9:
+            raise ValueError(f"eval_fraction {self.eval_fraction} + judge_fraction {self.judge_fraction} leaves under "
+                             "10 % of prompts for training (fix: lower one of them)")
+        return self
 
 
 class ArchConfig(_Section):
@@ -132,6 +141,25 @@ class RewardModelConfig(_Section):
                                   ".alignloop/ckpt/ (0: none; a killed run then restarts).")
     ensemble: int = Field(1, ge=1, le=16, description="Reward models trained with seeds seed..seed+k-1 (data/models/rm, "
                           "rm-1, ...); the score stage combines them by score.aggregate.")
+
+
+class JudgeModelConfig(_Section):
+    """A reward model trained on the judge split only (curate.judge_fraction), with its own seed and optionally its
+    own backbone; evaluate reports win-rates by it. It never scores, trains or selects anything else, so a policy
+    that games the reward model it was optimised against does not game this one."""
+
+    enabled: bool = Field(False, description="Train data/models/judge (stage judge_model) and report judge metrics.")
+    init: Literal["base", "sft"] = Field("base", description="Backbone when `backbone` is unset: the base model "
+                                         "(independent of the policy's SFT data) or the SFT policy.")
+    backbone: str | None = Field(None, description="Another model to build the judge on: a local directory in the "
+                                 "hub layout or a hub id (its own tokenizer is used; trust_remote_code stays off).")
+    seed_offset: int = Field(1000, description="The judge trains with seed + seed_offset: another head init and data "
+                             "order than every reward-model member.")
+    epochs: float = Field(8.0, gt=0, description="Passes over the judge split's pairs.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(32, gt=0, description="Pairs per optimizer step.")
+    checkpoint_every: int = Field(100, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none).")
 
 
 class BudgetConfig(_Section):
@@ -264,6 +292,9 @@ class EvaluateConfig(_Section):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for evaluation samples.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     samples_per_prompt: int = Field(4, ge=1, description="Samples per held-out prompt.")
+    kl_samples_per_prompt: int = Field(4, ge=1, description="Samples per held-out prompt for the KL estimates, "
+                                       "drawn from the policy as it is (temperature 1, top_p 1); when temperature and "
+                                       "top_p are 1 and this equals samples_per_prompt, the quality samples are reused.")
     batch_size: int = Field(64, gt=0, description="Prompts per generate() call.")
     seed: int = Field(1234, description="Evaluation sampling seed (fixed so rounds are compared on equal terms).")
     bootstrap_resamples: int = Field(1000, ge=100, description="Bootstrap resamples (over prompts) for the 95 % "
@@ -273,7 +304,9 @@ class EvaluateConfig(_Section):
 EVAL_METRICS = ("proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold", "kl_to_sft",
                 "length_tokens", "distinct_2")
 EvalMetric = Literal["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold",
-                     "win_rate_vs_champion_proxy", "win_rate_vs_champion_gold", "kl_to_sft", "length_tokens",
+                     "win_rate_vs_champion_proxy", "win_rate_vs_champion_gold", "judge_reward",
+                     "win_rate_vs_sft_judge", "win_rate_vs_champion_judge", "proxy_judge_gap", "kl_to_sft", "kl_to_prev",
+                     "length_tokens",
                      "distinct_1", "distinct_2", "self_bleu", "ranking_accuracy", "ranking_accuracy_vs_sft",
                      "proxy_gold_gap"]
 ROUND_METRICS: tuple[str, ...] = get_args(EvalMetric)  # the scalars of a round's eval.json: registry tags, report rows
@@ -291,6 +324,10 @@ class GateConfig(_Section):
                                          description="Caps: metric -> highest allowed value (e.g. kl_to_sft).")
     min: dict[EvalMetric, float] = Field(default_factory=dict,
                                          description="Floors: metric -> lowest allowed value (e.g. win_rate_vs_sft_proxy).")
+    lower_bound: dict[EvalMetric, float] = Field(
+        default_factory=dict,
+        description="Metric -> value the low end of its 95 % bootstrap interval must exceed, e.g. "
+        "{win_rate_vs_champion_judge: 0.5}: the independent judge prefers the candidate, beyond sampling noise.")
 
 
 class RegistryConfig(_Section):
@@ -412,6 +449,8 @@ class Params(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model and tokenizer.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning (TRL SFTTrainer).")
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward model (TRL RewardTrainer).")
+    judge_model: JudgeModelConfig = Field(default_factory=JudgeModelConfig,
+                                          description="Held-out judge model (evaluation only).")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Default rejection-sampling settings.")
     score: ScoreConfig = Field(default_factory=ScoreConfig, description="Default reward scoring settings.")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="Default pair selection.")
@@ -425,6 +464,20 @@ class Params(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow model registry and promotion.")
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
                                                description="Prefect flow settings (retries, GPU slots, shards).")
+
+    @model_validator(mode="after")
+    def _judge_has_data(self) -> "Params":
+        if self.judge_model.enabled and self.curate.judge_fraction == 0:
+            raise ValueError("judge_model.enabled needs a judge split (fix: set curate.judge_fraction, e.g. 0.15)")
+        if self.curate.judge_fraction > 0 and not self.judge_model.enabled:
+            raise ValueError("curate.judge_fraction sets prompts aside for a judge that is not trained "
+                             "(fix: set judge_model.enabled: true, or judge_fraction: 0)")
+        judged = [m for m in (*self.registry.gate.beat_champion, *self.registry.gate.max, *self.registry.gate.min,
+                              *self.registry.gate.lower_bound) if "judge" in m]
+        if judged and not self.judge_model.enabled:
+            raise ValueError(f"registry.gate uses {', '.join(sorted(set(judged)))} but no judge is trained "
+                             "(fix: set judge_model.enabled: true and curate.judge_fraction)")
+        return self
 
     @model_validator(mode="after")
     def _check_rounds(self) -> "Params":

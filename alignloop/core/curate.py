@@ -6,7 +6,9 @@ Input rows are already validated and normalized (see :mod:`alignloop.core.adapte
 
 The split is decided per distinct prompt by a hash of ``(seed, prompt)``, so adding prompts never moves
 existing ones between train and eval. Every SFT row or pair whose prompt is an eval prompt stays out of
-training: pairs go to the eval preference set, SFT rows are removed.
+training: pairs go to the eval preference set, SFT rows are removed. With ``judge_fraction`` > 0 the same hash puts
+a further share of prompts in the judge split: their pairs train only the held-out judge model (stage judge_model),
+and nothing else sees them — not SFT, not the reward model, not the rounds' prompts.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ class Curated:
     prefs_eval: list[dict]
     metrics: dict[str, Any]
     dropped: list[Dropped] = field(default_factory=list)
+    prefs_judge: list[dict] = field(default_factory=list)
 
 
 def _clean(rows: list[dict], cfg: CurateConfig, key_fn, fields) -> tuple[list[dict], dict, list[Dropped]]:
@@ -216,12 +219,22 @@ def curate(
         k = prompt_key(row)
         return k in eval_set if k in known else eval_score(k, seed) < cfg.eval_fraction
 
-    prompts_train = [r for r in prompts_kept if not is_eval(r)]
+    def is_judge(row: dict) -> bool:  # the next judge_fraction of the same hash, above the eval share
+        if cfg.judge_fraction == 0 or is_eval(row):
+            return False
+        return cfg.eval_fraction <= eval_score(prompt_key(row), seed) < cfg.eval_fraction + cfg.judge_fraction
+
+    def is_train(row: dict) -> bool:
+        return not is_eval(row) and not is_judge(row)
+
+    prompts_train = [r for r in prompts_kept if is_train(r)]
     prompts_eval = [r for r in prompts_kept if is_eval(r)]
-    prefs_train = [r for r in pairs_kept if not is_eval(r)]
+    prefs_train = [r for r in pairs_kept if is_train(r)]
     prefs_eval = [r for r in pairs_kept if is_eval(r)]
-    by_kind["prefs"].update(train=len(prefs_train), eval=len(prefs_eval))
-    by_kind["prompts"].update(train=len(prompts_train), eval=len(prompts_eval))
+    prefs_judge = [r for r in pairs_kept if is_judge(r)]
+    by_kind["prefs"].update(train=len(prefs_train), eval=len(prefs_eval), judge=len(prefs_judge))
+    by_kind["prompts"].update(train=len(prompts_train), eval=len(prompts_eval),
+                              judge=sum(map(is_judge, prompts_kept)))
 
     removed_for_eval = 0
     if sft is None:
@@ -231,8 +244,8 @@ def curate(
     else:
         sft_clean, counts, d = _clean(sft, cfg, sft_key, ("response",))
         dropped += d
-        sft_kept = [r for r in sft_clean if not is_eval(r)]
-        removed_for_eval = len(sft_clean) - len(sft_kept)
+        sft_kept = [r for r in sft_clean if is_train(r)]
+        removed_for_eval = len(sft_clean) - len(sft_kept)  # eval and judge prompts
         by_kind["sft"] = {
             "input": len(sft) + quarantined.get("sft", 0), "quarantined": quarantined.get("sft", 0), **counts,
             "removed_eval_prompt": removed_for_eval, "train": len(sft_kept),
@@ -254,9 +267,10 @@ def curate(
         "sft_train_rows": len(sft_kept),
         "pref_train_rows": len(prefs_train),
         "pref_eval_rows": len(prefs_eval),
+        "pref_judge_rows": len(prefs_judge),
         "eval_prompt_rows_removed_from_train": removed_for_eval,
         "by_kind": by_kind,
     }
     kept_primary = {"prompts": len(prompts_kept), "sft": len(sft_kept), "prefs": len(pairs_kept)}
     metrics["kept_rows"] = sum(kept_primary[k] for k in primary)
-    return Curated(prompts_train, prompts_eval, sft_kept, prefs_train, prefs_eval, metrics, dropped)
+    return Curated(prompts_train, prompts_eval, sft_kept, prefs_train, prefs_eval, metrics, dropped, prefs_judge)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 
 def gate_decision(candidate: dict, champion: dict, *, beat: list[str], min_improvement: float = 0.0,
-                  caps: dict[str, float] | None = None, floors: dict[str, float] | None = None) -> tuple[bool, list[str]]:
+                  caps: dict[str, float] | None = None, floors: dict[str, float] | None = None,
+                  lower_bounds: dict[str, float] | None = None, lows: dict[str, float] | None = None
+                  ) -> tuple[bool, list[str]]:
     """(promote, reasons). Every rule is checked and reported, passed or failed, so the decision explains itself.
 
     ``beat``: metrics the candidate must exceed the champion on by more than ``min_improvement`` (a tie does not
     promote: the champion stays unless beaten). ``caps``/``floors``: absolute limits on the candidate alone.
+    ``lower_bounds``: metric -> value its confidence interval's lower end (``lows``, from eval.json's ``<m>_ci``)
+    must exceed, e.g. a judge's win-rate vs the champion whose interval lies wholly above 0.5: better, and not by luck.
     A metric missing from the candidate fails its rule; one missing from the champion is a rule that cannot be
     judged, which also fails, so a gate never promotes on a comparison it could not make.
     """
@@ -43,4 +47,14 @@ def gate_decision(candidate: dict, champion: dict, *, beat: list[str], min_impro
         else:
             ok = False
             reasons.append(f"FAIL {m}: {c:.4f} < floor {floor}")
+    for m, bound in sorted((lower_bounds or {}).items()):
+        low = (lows or {}).get(m)
+        if low is None:
+            ok = False
+            reasons.append(f"FAIL {m}: no confidence interval (lower bound must exceed {bound})")
+        elif low > bound:
+            reasons.append(f"pass {m}: interval low {low:.4f} > {bound}")
+        else:
+            ok = False
+            reasons.append(f"FAIL {m}: interval low {low:.4f} <= {bound}")
     return ok, reasons

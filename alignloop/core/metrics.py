@@ -30,13 +30,6 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(seen) / total if total else 0.0
 
 
-def kl_estimate(logp_policy: Sequence[float], logp_ref: Sequence[float]) -> float:
-    """Monte-Carlo KL(policy || ref) per sequence from samples of the policy: mean of log pi - log ref (k1)."""
-    if len(logp_policy) != len(logp_ref) or not logp_policy:
-        raise ValueError("kl_estimate needs two equal, non-empty sequences")
-    return mean([p - r for p, r in zip(logp_policy, logp_ref)])
-
-
 def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
     """Share of pairs where the chosen score is strictly higher (ties count half)."""
     return win_rate(chosen, rejected)

@@ -22,16 +22,19 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text, False) if cut < 0 else (text[:cut], True)
 
 
+def response_ids(tokenizer, ids: list[int]) -> tuple[list[int], str]:
+    """The generated ids that are the response — up to and including the first EOS, else without padding — and
+    the finish reason ("stop" or "length")."""
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos_id in ids:
+        return ids[: ids.index(eos_id) + 1], "stop"
+    return [t for t in ids if t != pad_id], "length"
+
+
 def finish_row(tokenizer, ids: list[int], stop: Sequence[str] = ()) -> tuple[str, int, str]:
     """``(response, num_tokens, finish_reason)`` of one generated id sequence, the same for every backend:
     ids end at the first EOS (kept in the count), padding is dropped, text is cut at the first stop string."""
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if eos_id in ids:
-        ids = ids[: ids.index(eos_id) + 1]
-        finish = "stop"
-    else:
-        ids = [t for t in ids if t != pad_id]
-        finish = "length"
+    ids, finish = response_ids(tokenizer, ids)
     text, hit = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
     return text.strip(), len(ids), "stop" if hit else finish
 
@@ -74,13 +77,16 @@ def sample(
     stop: Sequence[str] = (),
     first_idx: dict | None = None,
     desc: str = "generate",
+    with_ids: bool = False,
 ) -> list[dict]:
     """Sample ``n`` responses per ``(prompt_id, prompt)``; rows follow the samples contract.
 
     Seeding: batch ``b`` samples under ``torch.manual_seed(seed + b)``, so a rerun with the same prompts,
     batch size and seed reproduces every sample; the seed used is recorded per row. ``stop``: strings that end a
     response (generation halts there; the text is cut before it). ``first_idx``: per prompt id, the
-    ``sample_idx`` of its first sample here (for adding samples to a prompt that has some).
+    ``sample_idx`` of its first sample here (for adding samples to a prompt that has some). ``with_ids``: rows also
+    carry ``prompt_ids`` and ``response_ids``, the very token ids the model saw and sampled (for scoring them
+    without re-tokenising text; not part of the samples contract — drop them before writing rows).
     """
     model.eval()
     eos_id = tokenizer.eos_token_id
@@ -120,6 +126,9 @@ def sample(
                     "finish_reason": finish,
                     "seed": batch_seed,
                 })
+                if with_ids:  # left padding: the prompt's ids are where the attention mask is set
+                    rows[-1]["prompt_ids"] = enc["input_ids"][j][enc["attention_mask"][j].bool()].tolist()
+                    rows[-1]["response_ids"] = response_ids(tokenizer, gen[j * n + k].tolist())[0]
         bar.update(len(batch) * n)
     bar.close()
     return rows
@@ -180,6 +189,49 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str], *, 
         total = (logp * resp[:, 1:]).sum(-1).cpu()
         for row, i in enumerate(idx):
             out[i] = float(total[row])
+    return out
+
+
+@torch.no_grad()
+def sequence_kl(policy, ref, prompt_ids: list[list[int]], resp_ids: list[list[int]], *, pad_id: int,
+                batch_size: int, desc: str = "kl") -> list[dict[str, float]]:
+    """KL(policy || ref) of each response, sampled from ``policy`` as it is (temperature 1, top_p 1) and given as the
+    token ids that were sampled (re-tokenising the text need not give them back). Per sequence, summed over its
+    response tokens: ``exact`` (the full-vocabulary KL at each position, rl.kl_exact: never negative, the default
+    estimate), ``k1`` (log-ratio of the sampled tokens) and ``k3`` ((q/p - 1) - log q/p), the estimators PPO uses.
+    Their means over samples estimate the same sequence KL; only ``exact`` is guaranteed >= 0 per sample."""
+    from alignloop.ml.rl import kl_exact, kl_k1, kl_k3
+
+    policy.eval()
+    ref.eval()
+    seqs = [(list(p) + list(r), len(p), len(r)) for p, r in zip(prompt_ids, resp_ids)]
+    if any(plen == 0 for _, plen, _ in seqs):
+        raise ValueError("sequence_kl: a prompt with no tokens (the first response token has no context)")
+    out: list[dict[str, float]] = [{"exact": 0.0, "k1": 0.0, "k3": 0.0} for _ in seqs]
+    for idx in tqdm(_sorted_batches([len(s) for s, _, _ in seqs], batch_size), desc=desc, unit="batch", mininterval=2.0):
+        # Right padding: positions count from 0 in every row, as they did when the response was sampled.
+        width = max(len(seqs[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        resp = torch.zeros((len(idx), width), dtype=torch.bool)  # positions whose *next* token is a response token
+        for row, i in enumerate(idx):
+            full, plen, rlen = seqs[i]
+            ids[row, : len(full)] = torch.tensor(full)
+            mask[row, : len(full)] = 1
+            resp[row, plen - 1 : plen - 1 + rlen] = True
+        ids, mask, resp = ids.to(policy.device), mask.to(policy.device), resp.to(policy.device)
+        logits = policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        ref_logits = ref(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        if logits.shape[-1] != ref_logits.shape[-1]:
+            raise ValueError(f"KL needs one vocabulary: the policy has {logits.shape[-1]} logits, the reference "
+                             f"{ref_logits.shape[-1]} (fix: compare models built on the same tokenizer)")
+        nxt, m = ids[:, 1:, None], resp[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, nxt).squeeze(-1)
+        ref_logp = torch.log_softmax(ref_logits, -1).gather(-1, nxt).squeeze(-1)
+        sums = {"exact": (kl_exact(logits, ref_logits) * m).sum(-1), "k1": (kl_k1(logp, ref_logp) * m).sum(-1),
+                "k3": (kl_k3(logp, ref_logp) * m).sum(-1)}
+        for row, i in enumerate(idx):
+            out[i] = {k: float(v[row]) for k, v in sums.items()}
     return out
 
 

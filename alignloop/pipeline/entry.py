@@ -15,7 +15,8 @@ from alignloop.pipeline.specs import StageSpec
 
 
 def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], None], *,
-               extra_rounds: tuple[str, ...] = (), argv: list[str] | None = None) -> int:
+               extra_rounds: tuple[str, ...] = (), flags: tuple[tuple[str, str], ...] = (),
+               argv: list[str] | None = None) -> int:
     """Parse ``--params`` (and ``--round``), load and validate params, run ``body``.
 
     Bad params, bad data and missing inputs end with ``error: ...`` on stderr and exit code 2, not a traceback:
@@ -26,6 +27,8 @@ def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], Non
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if needs_round:
         parser.add_argument("--round", required=True, help="round name from params.yaml 'rounds'")
+    for flag, help_ in flags:  # (flag, help): on/off switches of a module with more than one stage
+        parser.add_argument(flag, action="store_true", help=help_)
     args = parser.parse_args(argv)
     # Tokenizers' own thread pool fights torch's for 2 cores; DVC runs stages one at a time anyway.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

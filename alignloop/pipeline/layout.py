@@ -20,9 +20,10 @@ PROMPTS_EVAL = f"{CURATED}/prompts/eval.jsonl"
 SFT_DATA = f"{CURATED}/sft.jsonl"
 PREFS_TRAIN = f"{CURATED}/prefs/train.jsonl"
 PREFS_EVAL = f"{CURATED}/prefs/eval.jsonl"
+PREFS_JUDGE = f"{CURATED}/prefs/judge.jsonl"  # trains the held-out judge model only
 QUARANTINE = f"{CURATED}/quarantine.jsonl"
 CURATE_METRICS = f"{CURATED}/metrics.json"
-CURATED_FILES = [PROMPTS_TRAIN, PROMPTS_EVAL, SFT_DATA, PREFS_TRAIN, PREFS_EVAL, QUARANTINE]
+CURATED_FILES = [PROMPTS_TRAIN, PROMPTS_EVAL, SFT_DATA, PREFS_TRAIN, PREFS_EVAL, PREFS_JUDGE, QUARANTINE]
 
 # Models before the rounds.
 BASE = "data/models/base"
@@ -31,6 +32,9 @@ SFT_METRICS = f"{SFT}.metrics.json"
 RM = "data/models/rm"
 RM_METRICS = f"{RM}.metrics.json"  # training: losses, runtime, throughput
 RM_HELDOUT = f"{RM}.heldout.json"  # held-out pair accuracy: a function of the weights alone, unlike the runtimes
+JUDGE = "data/models/judge"  # the held-out judge model: never scores, trains or selects anything but evaluation
+JUDGE_METRICS = f"{JUDGE}.metrics.json"
+JUDGE_HELDOUT = f"{JUDGE}.heldout.json"
 
 
 def reward_model_dirs(ensemble: int) -> list[str]:

@@ -282,6 +282,7 @@ def write_outputs(out: str | Path, result: Curated, bad: list[BadRow]) -> None:
         write_jsonl(tmp / "sft.jsonl", result.sft)
         write_jsonl(tmp / "prefs" / "train.jsonl", result.prefs_train)
         write_jsonl(tmp / "prefs" / "eval.jsonl", result.prefs_eval)
+        write_jsonl(tmp / "prefs" / "judge.jsonl", result.prefs_judge)
         write_jsonl(tmp / "quarantine.jsonl", (b.as_quarantine() for b in bad))
         write_json(tmp / "metrics.json", result.metrics)
 

@@ -74,8 +74,11 @@ def run(params, args) -> None:
         prev_rec = files.read_json(registry_record(rnd.prev))
         champion = prev_rec["champion_after"]
         parent = prev_rec["version"]
+    ev = files.read_json(eval_paths(r)[0])
+    lows = {m: ev[f"{m}_ci"]["low"] for m in reg.gate.lower_bound if isinstance(ev.get(f"{m}_ci"), dict)}
     promote, reasons = gate_decision(candidate, champion["metrics"], beat=reg.gate.beat_champion,
-                                     min_improvement=reg.gate.min_improvement, caps=reg.gate.max, floors=reg.gate.min)
+                                     min_improvement=reg.gate.min_improvement, caps=reg.gate.max, floors=reg.gate.min,
+                                     lower_bounds=reg.gate.lower_bound, lows=lows)
     md5 = content_hash(policy)
     decision = {"round": r, "promoted": promote, "reasons": reasons, "champion_before": champion}
     tags = {"algo": rnd.algo, "parent_version": str(parent), "prev": rnd.prev, "git_commit": git_commit(),

@@ -19,6 +19,7 @@ PNG, ROWS = layout.REPORT_PNG, layout.REPORT_ROUNDS
 def _dvc_plots(ctx: Ctx) -> list:
     """dvc.yaml's top-level ``plots``: the report's rounds.json, one chart per quantity, and the PNG."""
     gold = ctx.params.data.source == "embedded"
+    judge = ctx.params.judge_model.enabled
 
     def chart(key, title, fields):
         return {key: {"x": "step", "y": {ROWS: fields}, "title": title, "x_label": "round"}}
@@ -26,9 +27,11 @@ def _dvc_plots(ctx: Ctx) -> list:
     return [
         chart("reward", "Reward by round", ["proxy_reward", "gold_reward"] if gold else ["proxy_reward"]),
         chart("win_rate", "Win-rate vs SFT", ["win_rate_vs_sft_proxy", "win_rate_vs_champion_proxy"]
-              + (["win_rate_vs_sft_gold", "win_rate_vs_champion_gold"] if gold else [])),
-        chart("kl", "KL to SFT", ["kl_to_sft"]),
+              + (["win_rate_vs_sft_gold", "win_rate_vs_champion_gold"] if gold else [])
+              + (["win_rate_vs_sft_judge", "win_rate_vs_champion_judge"] if judge else [])),
+        chart("kl", "KL to SFT", ["kl_to_sft", "kl_to_prev"]),
         *([chart("overoptimisation", "Proxy gain minus gold gain over SFT", ["proxy_gold_gap"])] if gold else []),
+        *([chart("judge_gap", "Proxy minus judge win-rate over SFT", ["proxy_judge_gap"])] if judge else []),
         chart("length", "Response length", ["length_tokens"]),
         chart("diversity", "Diversity (distinct-2 up, self-BLEU down = more diverse)", ["distinct_2", "self_bleu"]),
         chart("ranking", "Ranking accuracy on held-out preference pairs", ["ranking_accuracy", "ranking_accuracy_vs_sft"]),

@@ -1,4 +1,9 @@
-"""Stage `reward_model`: a Bradley-Terry reward model on the curated preference pairs (TRL RewardTrainer).
+"""Stages `reward_model` and `judge_model`: Bradley-Terry reward models (TRL RewardTrainer).
+
+`reward_model` trains on the curated train pairs; the rounds optimise against it. `judge_model` (when
+judge_model.enabled) trains the same way on the judge split only (prefs/judge.jsonl, prompts no other stage sees),
+with its own seed and optionally its own backbone; only evaluation reads it, so it is a judge the policy was never
+optimised against.
 
 The backbone is the SFT policy (default) or the base model, with a fresh scalar head. Held-out pair accuracy
 is measured on prefs/eval.jsonl by scoring each side the way the score stage will (chat-rendered full turn).
@@ -21,7 +26,7 @@ from alignloop.pipeline.lineage import reward_model_dirs
 from alignloop.pipeline.specs import Ctx, StageSpec, code_paths
 from alignloop.pipeline.tracking import stage_run
 
-TRAIN, EVAL = layout.PREFS_TRAIN, layout.PREFS_EVAL
+TRAIN, EVAL, JUDGE_TRAIN = layout.PREFS_TRAIN, layout.PREFS_EVAL, layout.PREFS_JUDGE
 
 
 def _init(ctx: Ctx) -> str:
@@ -38,7 +43,27 @@ SPECS = [StageSpec(
     params=("seed", "model", "train", "reward_model", "score.batch_size", "data.source"),
     deps=lambda c: [_init(c), TRAIN, EVAL], outs=lambda c: reward_model_dirs(c.params),
     metrics=lambda c: [layout.RM_METRICS, layout.RM_HELDOUT], gpu=True,
+), StageSpec(
+    name="judge_model", module="alignloop.pipeline.stages.reward_model", scope="before", order=4, args="--judge",
+    help="held-out judge: a reward model on the judge split only, own seed (and backbone); evaluation alone reads it",
+    code=("alignloop.ml.training", "alignloop.ml.modeling", "alignloop.ml.inference", "alignloop.core.metrics"),
+    extra_code=lambda c: ["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [],
+    params=("seed", "model", "train", "judge_model", "score.batch_size", "data.source"),
+    deps=lambda c: [*_judge_init_deps(c), JUDGE_TRAIN, EVAL], outs=lambda c: [layout.JUDGE],
+    metrics=lambda c: [layout.JUDGE_METRICS, layout.JUDGE_HELDOUT], gpu=True,
+    applies=lambda c: c.params.judge_model.enabled,
 )]
+
+
+def _judge_init(params) -> str:
+    j = params.judge_model
+    return j.backbone or (layout.SFT if j.init == "sft" else layout.BASE)
+
+
+def _judge_init_deps(ctx: Ctx) -> list[str]:
+    """The judge's backbone, when it is a directory DVC can track (a hub id is pinned by its own revision)."""
+    init = _judge_init(ctx.params)
+    return [init] if not ctx.params.judge_model.backbone or Path(init).is_dir() else []
 
 
 def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> tuple[dict[str, float], tuple[list, list]]:
@@ -62,8 +87,9 @@ def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> tuple[dict[str,
     return out, (chosen, rejected)
 
 
-def train_member(params, seed: int, train_rows: list[dict], init: str):
-    """One Bradley-Terry reward model, trained under ``seed`` (head init and data order)."""
+def train_member(params, seed: int, train_rows: list[dict], init: str, section=None, spec=None, key=None):
+    """One Bradley-Terry reward model, trained under ``seed`` (head init and data order) with ``section``'s
+    settings (reward_model by default; judge_model for the judge), checkpointed under ``key``."""
     import torch
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
@@ -77,9 +103,10 @@ def train_member(params, seed: int, train_rows: list[dict], init: str):
     torch.manual_seed(seed)
     model = load_reward_model(init, params.model)  # fresh 1-output score head on the backbone
     model.config.pad_token_id = tokenizer.pad_token_id
-    c = params.reward_model
-    ckpt = checkpoint_dir(layout.CKPT_ROOT, f"reward_model/seed{seed}", params,
-                          {"reward_model": c.model_dump(), "seed": seed}, [init, TRAIN], code_paths(SPECS[0], params))
+    c, spec = section or params.reward_model, spec or SPECS[0]
+    data = JUDGE_TRAIN if spec.name == "judge_model" else TRAIN
+    ckpt = checkpoint_dir(layout.CKPT_ROOT, key or f"reward_model/seed{seed}", params,
+                          {spec.name: c.model_dump(), "seed": seed}, [init, data], code_paths(spec, params))
     config = RewardConfig(**{**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, checkpoint=ckpt,
                                            checkpoint_every=c.checkpoint_every),
                              "seed": seed, "data_seed": seed})
@@ -89,7 +116,35 @@ def train_member(params, seed: int, train_rows: list[dict], init: str):
     return trainer, tokenizer, result
 
 
+def run_judge(params) -> None:
+    from alignloop.ml.training import log_curves, loss_summary, save_trained, throughput
+
+    j = params.judge_model
+    rows = files.read_jsonl(JUDGE_TRAIN, files.validate_pair, id_key="id")
+    eval_rows = files.read_jsonl(EVAL, files.validate_pair, id_key="id", allow_empty=True)
+    seed = params.seed + j.seed_offset
+    trainer, tokenizer, result = train_member(params, seed, rows, _judge_init(params), j, SPECS[1], f"judge_model/seed{seed}")
+    heldout, _ = heldout_accuracy(trainer.model, tokenizer, eval_rows, params)
+    metrics = {"train_pairs": len(rows), "seed": seed, "backbone": _judge_init(params),
+               "train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history),
+               **throughput(trainer, result)}
+    if not save_trained(trainer, tokenizer, layout.JUDGE):
+        return
+    files.write_json(layout.JUDGE_METRICS, metrics)
+    files.write_json(layout.JUDGE_HELDOUT, heldout)
+    shutil.rmtree(Path(layout.CKPT_ROOT) / "judge_model", ignore_errors=True)
+    with stage_run(params.experiment, "judge_model", params.model_dump(include={"judge_model", "model", "seed"})) as run_:
+        log_curves(run_, trainer.state.log_history, ("loss", "accuracy", "margin"))
+        run_.log_metrics({k: v for k, v in {**metrics, **heldout}.items() if k != "backbone"})
+    print(f"judge_model: {len(rows)} judge-split pairs, seed {seed}, held-out accuracy "
+          f"{heldout.get('eval_accuracy', float('nan')):.3f}"
+          + (f", vs gold {heldout['eval_gold_accuracy']:.3f}" if "eval_gold_accuracy" in heldout else "")
+          + f"; saved {layout.JUDGE}")
+
+
 def run(params, args) -> None:
+    if args.judge:
+        return run_judge(params)
     from alignloop.core.ensemble import aggregate
     from alignloop.ml.training import log_curves, loss_summary, save_trained, throughput
 
@@ -138,7 +193,9 @@ def run(params, args) -> None:
 
 
 def main(argv=None) -> int:
-    return stage_main(SPECS[0], run, argv=argv)
+    judge = "--judge" in (sys.argv[1:] if argv is None else argv)
+    return stage_main(SPECS[1] if judge else SPECS[0], run,
+                      flags=(("--judge", "train the held-out judge model (stage judge_model)"),), argv=argv)
 
 
 if __name__ == "__main__":
