@@ -95,9 +95,7 @@ def run(params, args) -> None:
                   max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,
                   seed=e.seed, max_prompt_tokens=params.model.max_length - e.max_new_tokens, desc=f"evaluate {name}",
                   with_ids=True)
-    kl_rows = kl_samples(policy, tokenizer, prompts, params, rows)
-    for r in rows:  # the ids were for the KL (when the quality samples double as KL samples); not in the file
-        r.pop("prompt_ids"), r.pop("response_ids")
+    kl_rows = kl_samples(policy, tokenizer, prompts, params, rows)  # may be `rows` itself (temperature 1)
     texts_p, texts_r = [r["prompt"] for r in rows], [r["response"] for r in rows]
     pids = [r["prompt_id"] for r in rows]
     kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
@@ -207,7 +205,8 @@ def run(params, args) -> None:
         metrics["proxy_gold_gap"] = overoptimisation_gap(metrics["proxy_reward"], metrics["gold_reward"],
                                                          sft_m["proxy_reward"], sft_m["gold_reward"])
     out_json, out_samples = eval_paths(name)
-    files.write_jsonl(out_samples, rows)
+    ids = ("prompt_ids", "response_ids")  # for the KL only: not part of the samples file
+    files.write_jsonl(out_samples, ({k: v for k, v in r.items() if k not in ids} for r in rows))
     files.write_json(out_json, metrics)
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
     print(f"evaluate {name}: {shown}")
