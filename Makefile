@@ -10,7 +10,9 @@ CONSTRAINTS ?= constraints-cpu.txt
 PIP := $(BIN)/pip --disable-pip-version-check
 # uv installs the lock into the venv (measured here: 11 s, where pip took 3.7 min); uv itself is pinned with its hashes
 # in requirements-bootstrap.lock and installed by pip. The local torch CPU wheel is found where pip finds it.
-UV := $(BIN)/uv pip install --quiet --python $(BIN)/python $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+# --compile-bytecode: as pip does; uv does not by default, and where PYTHONDONTWRITEBYTECODE is set (it is on this
+# machine) every stage process would compile its imports again (import mlflow: 4.7 s instead of 1.6 s).
+UV := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 
 .PHONY: setup init demo test test-fast repro lock clean-data
 
