@@ -29,15 +29,20 @@ def git_commit() -> str:
         return "unknown"
 
 
-def dvc_dep_hashes(stage: str, lock_path: str = "dvc.lock") -> dict[str, str]:
-    """The md5 of each dependency of ``stage`` as recorded in dvc.lock by the previous run (if any)."""
+def lock_entry(stage: str, lock_path: str = "dvc.lock") -> dict:
+    """``stage``'s entry in dvc.lock as the previous run recorded it ({} if none)."""
     import yaml
 
     if not Path(lock_path).exists():
         return {}
     # libyaml's loader where present: dvc.lock of a long pipeline takes the pure-Python one ~0.4 s per stage.
     lock = yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    entry = (lock.get("stages") or {}).get(stage) or {}
+    return (lock.get("stages") or {}).get(stage) or {}
+
+
+def dvc_dep_hashes(stage: str, lock_path: str = "dvc.lock") -> dict[str, str]:
+    """The md5 of each dependency of ``stage`` as recorded in dvc.lock by the previous run (if any)."""
+    entry = lock_entry(stage, lock_path)
     return {d["path"]: d.get("md5", "") for d in entry.get("deps", []) if isinstance(d, dict)}
 
 

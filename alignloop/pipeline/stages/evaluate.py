@@ -95,7 +95,6 @@ def run(params, args) -> None:
                   max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,
                   seed=e.seed, max_prompt_tokens=params.model.max_length - e.max_new_tokens, desc=f"evaluate {name}",
                   with_ids=True)
-    kl_rows = kl_samples(policy, tokenizer, prompts, params, rows)  # may be `rows` itself (temperature 1)
     texts_p, texts_r = [r["prompt"] for r in rows], [r["response"] for r in rows]
     pids = [r["prompt_id"] for r in rows]
     kw = dict(batch_size=params.score.batch_size, max_length=params.model.max_length)
@@ -172,6 +171,7 @@ def run(params, args) -> None:
     if name == "sft":
         metrics.update({f"kl_to_{ref}{est}": 0.0 for ref in ("sft", "prev") for est in ("", "_k1", "_k3")})
     else:
+        kl_rows = kl_samples(policy, tokenizer, prompts, params, rows)  # may be `rows` itself (temperature 1)
         prev = params.rounds[name].prev
         prev_model = sft_model if prev == "sft" else load_causal_lm(layout.policy_dir(prev), params.model)
         kl_ci = dict(groups=[r["prompt_id"] for r in kl_rows], resamples=e.bootstrap_resamples, seed=e.seed)

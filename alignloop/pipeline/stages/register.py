@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
 
 from alignloop.core import files
 from alignloop.core.config import ROUND_METRICS as METRICS
@@ -20,7 +19,7 @@ from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
 from alignloop.pipeline.layout import eval_paths, registry_record
 from alignloop.pipeline.specs import StageSpec
-from alignloop.pipeline.tracking import content_hash, git_commit, stage_run
+from alignloop.pipeline.tracking import content_hash, git_commit, lock_entry, stage_run
 
 SPECS = [StageSpec(
     name="register", module="alignloop.pipeline.stages.register", scope="round", order=5,
@@ -42,9 +41,7 @@ def _dvc_tags(stage: str) -> dict[str, str]:
     """The DVC record of the stage that trained the policy: its deps' and outs' md5s and its params' md5."""
     import hashlib
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on a long dvc.lock
-    lock = yaml.load(Path("dvc.lock").read_text(), Loader=loader) if Path("dvc.lock").exists() else {}
-    entry = (lock.get("stages") or {}).get(stage) or {}
+    entry = lock_entry(stage)
     tags = {f"dvc.{d['path']}": d.get("md5", "") for d in entry.get("deps", []) + entry.get("outs", [])
             if d.get("path", "").startswith("data/")}
     tags["dvc.params_md5"] = hashlib.md5(json_dump(entry.get("params", {})).encode()).hexdigest()
@@ -66,7 +63,8 @@ def run(params, args) -> None:
     rnd = params.rounds[r]
     name = params.model_name
     policy = layout.policy_dir(r)
-    candidate = _metrics(eval_paths(r)[0])
+    ev = files.read_json(eval_paths(r)[0])
+    candidate = {k: v for k, v in ev.items() if k in METRICS}
     if rnd.prev == "sft":
         champion = {"round": "sft", "version": None, "path": layout.policy_dir("sft"), "metrics": _metrics(eval_paths("sft")[0])}
         parent = "sft"
@@ -74,7 +72,6 @@ def run(params, args) -> None:
         prev_rec = files.read_json(registry_record(rnd.prev))
         champion = prev_rec["champion_after"]
         parent = prev_rec["version"]
-    ev = files.read_json(eval_paths(r)[0])
     lows = {m: ev[f"{m}_ci"]["low"] for m in reg.gate.lower_bound if isinstance(ev.get(f"{m}_ci"), dict)}
     promote, reasons = gate_decision(candidate, champion["metrics"], beat=reg.gate.beat_champion,
                                      min_improvement=reg.gate.min_improvement, caps=reg.gate.max, floors=reg.gate.min,
