@@ -19,6 +19,10 @@ UV := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(LOCK) requirements-bootstrap.lock
+ifneq ($(LOCK),)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "$(LOCK) is for Python 3.11 \
+	and $(PYTHON) is $$($(PYTHON) -V 2>&1) (fix: make setup PYTHON=python3.11, or LOCK= for an unpinned install)"; exit 1; }
+endif
 	$(PYTHON) -m venv $(VENV)
 ifneq ($(LOCK),)
 	$(PIP) install --quiet --require-hashes --no-deps -r requirements-bootstrap.lock
