@@ -42,7 +42,10 @@ TINY = {
     # A held-out judge (its own split, seed and stage) beside gold, and a gate rule on it.
     "curate": {"judge_fraction": 0.1},
     "judge_model": {"enabled": True, "init": "sft", "epochs": 5},
-    "registry": {"gate": {"beat_champion": ["proxy_reward"], "lower_bound": {"win_rate_vs_sft_judge": 0.5}}},
+    # And an LLM judge: a real OpenAI-compatible server on 127.0.0.1 (tests/_judge_server.py) that answers from gold.
+    "llm_judge": {"enabled": True, "model": "gold-judge", "api_key_env": None, "max_prompts": 16},
+    "registry": {"gate": {"beat_champion": ["proxy_reward"], "lower_bound": {"win_rate_vs_sft_judge": 0.5},
+                          "min": {"win_rate_vs_sft_llm": 0.5}}},
     "orchestration": {"retries": 1, "retry_delay_s": 1},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft", "dpo": {}}, "r2": {"algo": "dpo", "prev": "r1", "dpo": {}}},
 }
@@ -59,10 +62,19 @@ def harness():
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, harness) -> Path:
+def llm_server():
+    from _judge_server import GoldJudgeServer
+
+    with GoldJudgeServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, harness, llm_server) -> Path:
     from flows.pipeline import pipeline
 
-    root = init_project(tmp_path_factory.mktemp("pipeline"), TINY)
+    params = {**TINY, "llm_judge": {**TINY["llm_judge"], "base_url": llm_server.base_url}}
+    root = init_project(tmp_path_factory.mktemp("pipeline"), params)
     # The flow's stage subprocesses inherit this process' environment.
     with flow_env(root):
         results = pipeline(project_dir=str(root))
@@ -125,7 +137,8 @@ def test_dvc_repro_after_the_flow_does_nothing(project):
 
 def test_evaluation_reruns_only_when_its_params_change(project):
     """Evaluation settings are params of the evaluate stages alone: changing one makes exactly those stale."""
-    raw = yaml.safe_load((project / "params.yaml").read_text())
+    before = (project / "params.yaml").read_text()
+    raw = yaml.safe_load(before)
     raw.setdefault("evaluate", {})["bootstrap_resamples"] = 500
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
@@ -133,9 +146,10 @@ def test_evaluation_reruns_only_when_its_params_change(project):
         assert set(json.loads(sh(["dvc", "status", "--json"], project).stdout)) == {"resolve"}
         sh(["dvc", "repro", "resolve"], project)
         status = json.loads(sh(["dvc", "status", "--json"], project).stdout)
-        assert set(status) == {"evaluate_sft", *(f"evaluate_{r}" for r in ROUNDS)}, status
+        # (the LLM judge's intervals use the same resamples)
+        assert set(status) == {"evaluate_sft", *(f"{s}_{r}" for r in ROUNDS for s in ("evaluate", "llm_judge"))}, status
     finally:
-        (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+        (project / "params.yaml").write_text(before)
         sh(["dvc", "repro", "resolve"], project)
     assert json.loads(sh(["dvc", "status", "--json"], project).stdout) == {}
 
@@ -393,6 +407,24 @@ def test_rounds_are_judged_by_the_held_out_judge_and_an_exact_kl(project):
     assert read(project, "data/rounds/r1/eval.json")["kl_to_prev"] == read(project, "data/rounds/r1/eval.json")["kl_to_sft"]
 
 
+def test_rounds_are_judged_by_an_llm_in_both_orders_and_the_gate_reads_it(project, llm_server):
+    """The LLM judge (an HTTP server answering from gold) saw every pair in both orders; its win-rates reached the
+    gate and the registry tags; the second flow run and `dvc repro` made no further calls (stage skipped, cache)."""
+    for r in ROUNDS:
+        m = read(project, f"data/rounds/{r}/llm_judge.json")
+        pairs = m["llm_pairs_vs_sft"] + (m["llm_pairs_vs_champion"] if m["champion"] != "sft" else 0)
+        assert m["llm_pairs_vs_sft"] == 16 and m["llm_judgments"] == 2 * pairs, m
+        for key in ("win_rate_vs_sft_llm", "win_rate_vs_champion_llm"):
+            assert m[f"{key}_ci"]["low"] <= m[key] <= m[f"{key}_ci"]["high"], (r, key)
+            assert 0 < m[f"lc_{key}"] < 1
+        reasons = read(project, f"data/rounds/{r}/registry.json")["reasons"]
+        assert any(x.split()[1] == "win_rate_vs_sft_llm:" for x in reasons), reasons
+    judged = sum(read(project, f"data/rounds/{r}/llm_judge.json")["llm_calls"] for r in ROUNDS)
+    assert llm_server.answered == judged > 0  # each judgment asked once, by the first flow run
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert f"data/rounds/{LAST}/llm_judge.json" in stages[f"register_{LAST}"]["deps"]
+
+
 def test_mlflow_run_per_stage(project):
     import mlflow
 
@@ -407,7 +439,8 @@ def test_mlflow_run_per_stage(project):
 
 
 def test_changing_one_rounds_beta_reruns_only_that_round_onward(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    before = (project / "params.yaml").read_text()
+    params = yaml.safe_load(before)
     params["rounds"][LAST]["dpo"] = {"beta": 0.5}  # top-level beta is 0.3: a real change
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
@@ -416,12 +449,12 @@ def test_changing_one_rounds_beta_reruns_only_that_round_onward(project):
         assert set(status) == {f"dpo_{LAST}"}, status
         out = sh(["dvc", "repro"], project).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-        assert ran == {f"dpo_{LAST}", f"evaluate_{LAST}", f"register_{LAST}", "report"}, out
+        assert ran == {f"dpo_{LAST}", f"evaluate_{LAST}", f"llm_judge_{LAST}", f"register_{LAST}", "report"}, out
         # A retrained policy is a new version of the last round, and the candidate.
         rows = registered(project)
         assert [v["round"] for v in rows] == [*ROUNDS, LAST] and "candidate" in rows[-1]["aliases"]
     finally:
-        (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+        (project / "params.yaml").write_text(before)
     # Back to beta 0.3: DVC's run cache restores the earlier policy; registering it finds its existing version.
     sh(["dvc", "repro"], project)
     rows = registered(project)
@@ -439,7 +472,8 @@ def test_more_rounds_run_exactly_the_new_rounds(project):
     results = pipeline(project_dir=str(project), rounds=len(ROUNDS) + len(NEW),
                        overrides={"orchestration.generate_shards": 2}, use_ray=True)
     ran = [s for r in results for s in r["ran_stages"]]
-    new = [f"{kind}_{r}" for r in NEW for kind in ("generate", "score", "pairs", "dpo", "evaluate", "register")]
+    new = [f"{kind}_{r}" for r in NEW
+           for kind in ("generate", "score", "pairs", "dpo", "evaluate", "llm_judge", "register")]
     assert ran == ["resolve"] + new + ["report"], ran  # resolve: the flow wrote the new round into params.yaml
     raw = yaml.safe_load((project / "params.yaml").read_text())
     assert list(raw["rounds"]) == [*ROUNDS, *NEW]

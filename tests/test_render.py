@@ -71,7 +71,25 @@ def test_register_chains_on_the_previous_rounds_record(tmp_path: Path):
     assert stages["register_r1"]["deps"][-3:] == ["data/rounds/r1/eval.json", "data/rounds/r1/policy", "data/eval/sft.json"]
     assert stages["register_r2"]["deps"][-1] == "data/rounds/r1/registry.json"
     assert stages["register_r2"]["outs"] == [{"data/rounds/r2/registry.json": {"cache": False}}]
-    assert keys(stages["register_r2"]) == ["experiment", "registry", "rounds.r2.prev", "rounds.r2.algo", "rounds.r2.start"]
+    assert keys(stages["register_r2"]) == ["experiment", "registry", "llm_judge.enabled", "rounds.r2.prev",
+                                           "rounds.r2.algo", "rounds.r2.start"]
+
+
+def test_an_llm_judged_round_gets_a_judge_stage_read_by_register_and_report(tmp_path: Path):
+    judge = "llm_judge: {enabled: true, base_url: 'http://127.0.0.1:8000/v1', model: m}\n"
+    stages = rendered(tmp_path, TWO_ROUNDS.format(ref="sft") + judge)
+    order = list(stages)
+    assert order.index("evaluate_r2") < order.index("llm_judge_r2") < order.index("register_r2")
+    # its samples, SFT's, and every policy r1's registration can leave as champion (with the record that says which)
+    assert [d for d in stages["llm_judge_r2"]["deps"] if d.startswith("data/")] == [
+        "data/rounds/r2/eval_samples.jsonl", "data/eval/sft_samples.jsonl", "data/rounds/r1/registry.json",
+        "data/rounds/r1/eval_samples.jsonl"]
+    assert stages["llm_judge_r2"]["metrics"] == [{"data/rounds/r2/llm_judge.json": {"cache": False}}]
+    assert "data/rounds/r2/llm_judge.json" in stages["register_r2"]["deps"]
+    assert "data/rounds/r2/llm_judge.json" in stages["report"]["deps"]
+    assert "llm_judge.concurrency" not in keys(stages["llm_judge_r2"])  # how fast the calls go changes no verdict
+    (tmp_path / "off").mkdir()
+    assert not [s for s in rendered(tmp_path / "off", TWO_ROUNDS.format(ref="sft")) if s.startswith("llm_judge")]
 
 
 def test_registry_disabled_renders_no_register_stages(tmp_path: Path):

@@ -14,6 +14,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from alignloop.core.judging import template_errors
+
 PARAMS_FILE = "params.yaml"
 ROUND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -162,6 +164,46 @@ class JudgeModelConfig(_Section):
                                   ".alignloop/ckpt/ (0: none).")
 
 
+class LlmJudgeConfig(_Section):
+    """Pairwise LLM-as-judge (stage llm_judge_<round>) through an OpenAI-compatible chat endpoint: each pair judged
+    in both orders, raw and length-controlled win-rates, answers cached in .alignloop/llm_judge_cache/ so a rerun
+    costs no calls. The key is read from the environment variable named here and never logged."""
+
+    enabled: bool = Field(False, description="Judge every round against SFT and the champion with an LLM.")
+    base_url: str | None = Field(None, description="The endpoint's /v1 root, e.g. http://127.0.0.1:8000/v1 for "
+                                 "`vllm serve`, or a hosted provider's.")
+    model: str | None = Field(None, description="Model name the endpoint serves (`GET <base_url>/models`).")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API "
+                                    "key (None or unset: no key, as local servers expect). The value never reaches "
+                                    "params, logs or MLflow.")
+    template: str | None = Field(None, description="The judge's message, with {instruction}, {response_1} and "
+                                 "{response_2} once each; the judge must answer 1 or 2. Part of the cache key. None: "
+                                 "the built-in AlpacaEval-style template (alignloop/core/judging.py).")
+    against: list[Literal["sft", "champion"]] = Field(
+        default_factory=lambda: ["sft", "champion"], description="Baselines each round is judged against.")
+    samples_per_prompt: int = Field(1, ge=1, description="Evaluation samples per prompt judged (each costs two calls "
+                                    "per baseline); at most evaluate.samples_per_prompt.")
+    max_prompts: int | None = Field(None, ge=1, description="Judge only the first this many held-out prompts (None: all).")
+    concurrency: int = Field(8, ge=1, description="Calls in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one call may take before it is retried.")
+    max_retries: int = Field(5, ge=0, description="Retries per call (exponential backoff; on 429, 5xx, timeouts and "
+                             "connection errors, honouring Retry-After).")
+    max_tokens: int = Field(8, ge=1, description="Tokens the judge may answer with.")
+    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0: its most likely verdict).")
+    max_unparsed_fraction: float = Field(0.05, ge=0, le=1, description="Fail the stage when more of the answers than "
+                                         "this name neither response (counted as ties below it).")
+
+    @model_validator(mode="after")
+    def _usable(self):
+        errors = template_errors(self.template) if self.template is not None else []
+        if errors:
+            raise ValueError("template: " + "; ".join(errors) + " (fix: edit llm_judge.template)")
+        if self.enabled and not (self.base_url and self.model):
+            raise ValueError("llm_judge.enabled needs base_url and model (fix: e.g. base_url: http://127.0.0.1:8000/v1 "
+                             "and the model name `vllm serve` was started with)")
+        return self
+
+
 class BudgetConfig(_Section):
     """How the round's total of ``generate.n`` x prompts samples is spread over prompts (see alignloop/budget.py)."""
 
@@ -305,7 +347,9 @@ EVAL_METRICS = ("proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rat
                 "length_tokens", "distinct_2")
 EvalMetric = Literal["proxy_reward", "gold_reward", "win_rate_vs_sft_proxy", "win_rate_vs_sft_gold",
                      "win_rate_vs_champion_proxy", "win_rate_vs_champion_gold", "judge_reward",
-                     "win_rate_vs_sft_judge", "win_rate_vs_champion_judge", "proxy_judge_gap", "kl_to_sft", "kl_to_prev",
+                     "win_rate_vs_sft_judge", "win_rate_vs_champion_judge", "proxy_judge_gap",
+                     "win_rate_vs_sft_llm", "win_rate_vs_champion_llm", "lc_win_rate_vs_sft_llm",
+                     "lc_win_rate_vs_champion_llm", "llm_first_position_rate", "kl_to_sft", "kl_to_prev",
                      "length_tokens",
                      "distinct_1", "distinct_2", "self_bleu", "ranking_accuracy", "ranking_accuracy_vs_sft",
                      "proxy_gold_gap"]
@@ -451,6 +495,8 @@ class Params(_Section):
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward model (TRL RewardTrainer).")
     judge_model: JudgeModelConfig = Field(default_factory=JudgeModelConfig,
                                           description="Held-out judge model (evaluation only).")
+    llm_judge: LlmJudgeConfig = Field(default_factory=LlmJudgeConfig,
+                                      description="LLM-as-judge through an OpenAI-compatible endpoint (evaluation only).")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Default rejection-sampling settings.")
     score: ScoreConfig = Field(default_factory=ScoreConfig, description="Default reward scoring settings.")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="Default pair selection.")
@@ -477,6 +523,15 @@ class Params(_Section):
         if judged and not self.judge_model.enabled:
             raise ValueError(f"registry.gate uses {', '.join(sorted(set(judged)))} but no judge is trained "
                              "(fix: set judge_model.enabled: true and curate.judge_fraction)")
+        by_llm = [m for m in (*self.registry.gate.beat_champion, *self.registry.gate.max, *self.registry.gate.min,
+                              *self.registry.gate.lower_bound) if m.endswith("_llm") or m.startswith("llm_")]
+        if by_llm and not self.llm_judge.enabled:
+            raise ValueError(f"registry.gate uses {', '.join(sorted(set(by_llm)))} but the LLM judge is off "
+                             "(fix: set llm_judge.enabled: true with its base_url and model)")
+        if self.llm_judge.enabled and self.llm_judge.samples_per_prompt > self.evaluate.samples_per_prompt:
+            raise ValueError(f"llm_judge.samples_per_prompt ({self.llm_judge.samples_per_prompt}) > "
+                             f"evaluate.samples_per_prompt ({self.evaluate.samples_per_prompt}): it judges evaluation "
+                             "samples (fix: lower it or raise evaluate.samples_per_prompt)")
         return self
 
     @model_validator(mode="after")

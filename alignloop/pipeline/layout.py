@@ -75,6 +75,11 @@ def train_metrics(r: str) -> str:
     return f"{round_dir(r)}/train_metrics.json"
 
 
+def llm_judge_metrics(r: str) -> str:
+    """The LLM judge's verdicts on a round: win-rates vs SFT and the champion, raw and length-controlled."""
+    return f"{round_dir(r)}/llm_judge.json"
+
+
 def registry_record(r: str) -> str:
     return f"{round_dir(r)}/registry.json"
 
@@ -101,3 +106,4 @@ REPORT_SUMMARY = f"{REPORT}/summary.json"
 STATE = ".alignloop"
 CKPT_ROOT = f"{STATE}/ckpt"
 SHARD_ROOT = f"{STATE}/shards"
+LLM_JUDGE_CACHE = f"{STATE}/llm_judge_cache"  # one file per judgment; kept, so a rerun costs no calls

@@ -25,9 +25,10 @@ SPECS = [StageSpec(
     name="register", module="alignloop.pipeline.stages.register", scope="round", order=5,
     help="MLflow registry version, candidate alias, promotion gate -> champion",
     code=("alignloop.core.gate", "alignloop.pipeline.lineage", "alignloop.pipeline.registry", "alignloop.pipeline.tracking"),
-    params=("experiment", "registry"), round_params=("prev", "algo", "start"),
+    params=("experiment", "registry", "llm_judge.enabled"), round_params=("prev", "algo", "start"),
     deps=lambda c: [eval_paths(c.round)[0], layout.policy_dir(c.round),
-                    eval_paths("sft")[0] if c.rnd.prev == "sft" else registry_record(c.rnd.prev)],
+                    eval_paths("sft")[0] if c.rnd.prev == "sft" else registry_record(c.rnd.prev),
+                    *([layout.llm_judge_metrics(c.round)] if c.params.llm_judge.enabled else [])],
     uncached_outs=lambda c: [registry_record(c.round)],
     applies=lambda c: c.params.registry.enabled,
 )]
@@ -64,9 +65,14 @@ def run(params, args) -> None:
     name = params.model_name
     policy = layout.policy_dir(r)
     ev = files.read_json(eval_paths(r)[0])
+    if params.llm_judge.enabled:  # the LLM judge's verdicts count as evaluation metrics for the gate and the tags
+        ev.update(files.read_json(layout.llm_judge_metrics(r)))
     candidate = {k: v for k, v in ev.items() if k in METRICS}
     if rnd.prev == "sft":
-        champion = {"round": "sft", "version": None, "path": layout.policy_dir("sft"), "metrics": _metrics(eval_paths("sft")[0])}
+        sft = _metrics(eval_paths("sft")[0])
+        if params.llm_judge.enabled:  # SFT against itself, as evaluate writes for the other judges
+            sft.update({f"{lc}win_rate_vs_{b}_llm": 0.5 for lc in ("", "lc_") for b in ("sft", "champion")})
+        champion = {"round": "sft", "version": None, "path": layout.policy_dir("sft"), "metrics": sft}
         parent = "sft"
     else:
         prev_rec = files.read_json(registry_record(rnd.prev))

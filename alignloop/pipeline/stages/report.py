@@ -32,6 +32,9 @@ def _dvc_plots(ctx: Ctx) -> list:
         chart("kl", "KL to SFT", ["kl_to_sft", "kl_to_prev"]),
         *([chart("overoptimisation", "Proxy gain minus gold gain over SFT", ["proxy_gold_gap"])] if gold else []),
         *([chart("judge_gap", "Proxy minus judge win-rate over SFT", ["proxy_judge_gap"])] if judge else []),
+        *([chart("llm_win_rate", "LLM-judge win-rate (raw and length-controlled)",
+                 ["win_rate_vs_sft_llm", "lc_win_rate_vs_sft_llm", "win_rate_vs_champion_llm"])]
+          if ctx.params.llm_judge.enabled else []),
         chart("length", "Response length", ["length_tokens"]),
         chart("diversity", "Diversity (distinct-2 up, self-BLEU down = more diverse)", ["distinct_2", "self_bleu"]),
         chart("ranking", "Ranking accuracy on held-out preference pairs", ["ranking_accuracy", "ranking_accuracy_vs_sft"]),
@@ -41,7 +44,9 @@ def _dvc_plots(ctx: Ctx) -> list:
 
 SPECS = [StageSpec(
     name="report", module="alignloop.pipeline.stages.report", scope="after", order=0, help="one row per policy for dvc plots; summary metrics",
-    code=(), deps=lambda c: [eval_paths(n)[0] for n in ["sft", *c.params.rounds]],
+    code=(), params=("llm_judge.enabled",),
+    deps=lambda c: [eval_paths(n)[0] for n in ["sft", *c.params.rounds]]
+    + ([layout.llm_judge_metrics(r) for r in c.params.rounds] if c.params.llm_judge.enabled else []),
     plots=lambda c: [ROWS, PNG], metrics=lambda c: [layout.REPORT_SUMMARY], dvc_plots=_dvc_plots,
 )]
 PANELS = [  # (title, fields): what the PNG shows, one panel each
@@ -86,9 +91,15 @@ def run(params, args) -> None:
     rows = []
     for step, name in enumerate(["sft", *params.rounds]):
         m = files.read_json(eval_paths(name)[0])
+        if params.llm_judge.enabled:  # SFT against itself is a tie, as evaluate writes for the other judges
+            m.update(files.read_json(layout.llm_judge_metrics(name)) if name != "sft" else
+                     {f"{lc}win_rate_vs_{b}_llm": 0.5 for lc in ("", "lc_") for b in ("sft", "champion")})
         rows.append({"step": step, "policy": name, **{k: m[k] for k in FIELDS if k in m},
                      **{k + "_ci": m[k + "_ci"] for k in FIELDS if k + "_ci" in m}})
-    files.write_json(ROWS, [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in rows])
+    # `dvc plots` reads a list of rows only when every row has the same keys: keep the fields all policies have
+    # (llm_first_position_rate, say, exists for rounds only).
+    common = set.intersection(*(set(r) for r in rows))
+    files.write_json(ROWS, [{k: v for k, v in r.items() if k in common and not k.endswith("_ci")} for r in rows])
     plot(rows, PNG)
     first, last = rows[0], rows[-1]
     summary = {"final_policy": last["policy"], "final": {k: v for k, v in last.items() if k in FIELDS},
