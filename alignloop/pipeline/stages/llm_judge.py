@@ -71,7 +71,7 @@ def run(params, args) -> None:
                      concurrency=cfg.concurrency, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
     champion = champion_before(params, name)
     metrics: dict = {"policy": name, "judge_model": cfg.model, "endpoint": cfg.base_url, "champion": champion}
-    first_rates, verdict_count, unparsed, cached = [], 0, 0, 0
+    verdicts, cached = [], 0  # every judgment's verdict (both orders, all baselines); how many came from the cache
     done: dict[str, str] = {}  # baseline policy -> the label its metrics were written under
     for label in cfg.against:
         other = "sft" if label == "sft" else champion
@@ -111,13 +111,11 @@ def run(params, args) -> None:
         if any(a is not None and b is not None for a, b in zip(firsts, seconds)):
             metrics[f"llm_order_agreement_vs_{label}"] = order_agreement(firsts, seconds)
         metrics[f"llm_pairs_vs_{label}"] = len(pairs)
-        first_rates += firsts + seconds
-        verdict_count += len(got)
-        unparsed += len(bad)
+        verdicts += firsts + seconds
         cached += sum(g.cached for g in got)
-    if any(v is not None for v in first_rates):
-        metrics["llm_first_position_rate"] = first_position_rate(first_rates)
-    metrics.update({"llm_judgments": verdict_count, "llm_unparsed": unparsed, "llm_cached": cached,
+    if any(v is not None for v in verdicts):
+        metrics["llm_first_position_rate"] = first_position_rate(verdicts)
+    metrics.update({"llm_judgments": len(verdicts), "llm_unparsed": verdicts.count(None), "llm_cached": cached,
                     "llm_calls": judge.calls})
     files.write_json(layout.llm_judge_metrics(name), metrics)
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
