@@ -22,6 +22,19 @@ if "OMP_NUM_THREADS" not in os.environ or os.environ.get("ALIGNLOOP_TEST_THREADS
     os.environ["ALIGNLOOP_TEST_THREADS_SET"] = "1"
 
 
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """One MLflow sqlite store per module for stages run in-process (creating one takes a few seconds)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    mp.setenv("ALIGNLOOP_ARTIFACT_ROOT", str(root / "artifacts"))
+    mp.setenv("HF_DATASETS_OFFLINE", "1")
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield root
+    mp.undo()
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core box spinning OpenMP workers make

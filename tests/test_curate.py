@@ -197,6 +197,28 @@ def test_judge_split_is_a_further_hash_band_and_feeds_nothing_but_the_judge():
     assert {r["prompt"] for r in plain.prompts_train} == train | judge
 
 
+def test_extra_eval_prompts_are_always_eval_and_pull_their_rows_out_of_training():
+    """Hand-made: with seed 1 / fraction 0.3 only BOOKS is eval by hash. OCEAN listed as an extra eval prompt is eval
+    too (its pair goes to prefs_eval, its SFT row leaves training); a new prompt is appended; a duplicate and a
+    too-long one are counted."""
+    prompts, sft, pairs, cfg = _hand_input()
+    extra = [{"id": "x1", "prompt": OCEAN}, {"id": "x2", "prompt": "describe city in a few words"},
+             {"id": "x3", "prompt": "describe city in a few words"}, {"id": "x4", "prompt": "y" * 40}]
+    res = curate(prompts, sft, pairs, cfg, SEED, quarantined={"extra_eval": 2}, extra_eval=extra)
+    assert [r["id"] for r in res.prompts_eval] == ["P1", "P4", "x2"]  # data prompts first, then the new extra one
+    assert [r["id"] for r in res.prompts_train] == ["P2", "P3"]
+    assert [r["id"] for r in res.prefs_eval] == ["q1", "q3"] and [r["id"] for r in res.prefs_train] == ["q6"]
+    assert [r["id"] for r in res.sft] == ["s6"]  # s1 (OCEAN) left training with its prompt
+    m = res.metrics
+    assert m["by_kind"]["extra_eval"] == {"input": 6, "quarantined": 2, "duplicates": 1, "too_long": 1, "too_short": 0,
+                                          "eval": 1, "already_in_data": 1}
+    assert m["eval_prompts"] == 3 and m["eval_prompt_rows_removed_from_train"] == 2
+    lost = m["quarantined"] + m["duplicates_removed"] + m["too_long_dropped"] + m["too_short_dropped"]
+    assert m["kept_rows"] + lost + m["eval_prompt_rows_removed_from_train"] == m["input_rows"] == 18 + 6
+    # Without extra prompts nothing changes (the same split as test_curate_hand_made_counts).
+    assert [r["id"] for r in curate(prompts, sft, pairs, cfg, SEED).prompts_eval] == ["P4"]
+
+
 def test_split_fractions_must_leave_training_data():
     with pytest.raises(ValueError, match="fix: lower one of them"):
         CurateConfig(eval_fraction=0.5, judge_fraction=0.4)
@@ -214,19 +236,6 @@ def test_curate_message_prompts_split_by_their_json_key():
 
 
 # --- the stage --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    """One MLflow sqlite store for the whole module (creating one takes a few seconds)."""
-    root = tmp_path_factory.mktemp("mlflow")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    mp.setenv("ALIGNLOOP_ARTIFACT_ROOT", str(root / "artifacts"))
-    mp.setenv("HF_DATASETS_OFFLINE", "1")
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    yield root
-    mp.undo()
 
 
 @pytest.fixture
@@ -332,6 +341,35 @@ def test_stage_all_rows_bad_exits_2_with_the_bad_lines(workdir, capsys):
     err = capsys.readouterr().err
     assert "0 valid distinct prompt(s) remain" in err
     assert "in.jsonl:1: missing field 'rejected'" in err and "in.jsonl:2: invalid JSON" in err
+
+
+def test_stage_extra_eval_prompts_file(workdir, capsys):
+    """curate.extra_eval_prompts: rows get content-hash ids (their own id kept as meta.source_id), a bad row is
+    quarantined with file:line, the file is a DVC dependency, and a missing file is an error naming it."""
+    from alignloop.pipeline.specs import Ctx
+
+    cfg = "{eval_fraction: 0.3, min_response_chars: 2, max_response_chars: 40, extra_eval_prompts: extra.jsonl}"
+    _params(workdir / "params.yaml", "{source: jsonl, path: in.jsonl, adapter: pairs}", cfg)
+    (workdir / "in.jsonl").write_bytes(b"".join(_j(id=f"a{i}", prompt=p, chosen="good words", rejected="bad")
+                                                for i, p in enumerate([OCEAN, SPACE, MUSIC, BOOKS])))
+    assert stage.main([]) == 2
+    err = capsys.readouterr().err
+    assert "error: extra.jsonl: file not found (fix: set curate.extra_eval_prompts" in err and "Traceback" not in err
+    (workdir / "extra.jsonl").write_bytes(_j(id="bench-7", prompt="say something about city") + _j(text="no prompt")
+                                          + _j(prompt=[{"role": "user", "content": MUSIC}]))
+    assert stage.main([]) == 0
+    out = workdir / "data" / "curated"
+    ev = _read(out / "prompts" / "eval.jsonl")
+    assert [r["prompt"] for r in ev] == [BOOKS, "say something about city", [{"role": "user", "content": MUSIC}]]
+    assert ev[1] == {"id": stable_id("say something about city", prefix="x"), "prompt": "say something about city",
+                     "meta": {"source_id": "bench-7"}}
+    assert [r["prompt"] for r in _read(out / "prompts" / "train.jsonl")] == [OCEAN, SPACE, MUSIC]  # a string != messages
+    q = _read(out / "quarantine.jsonl")
+    assert [(r["file"], r["line"]) for r in q] == [("extra.jsonl", 2)] and "missing field 'prompt'" in q[0]["error"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["by_kind"]["extra_eval"]["eval"] == 2 and m["quarantined"] == 1 and m["eval_prompts"] == 3
+    from alignloop.core.config import load_params
+    assert "extra.jsonl" in stage.SPECS[0].deps(Ctx(load_params("params.yaml")))
 
 
 def test_stage_embedded_source(workdir, capsys):

@@ -113,6 +113,29 @@ def test_bootstrap_ci_by_groups_resamples_whole_groups():
     assert seen <= {0.0, 0.5, 1.0} and len(seen) == 3
 
 
+def test_nested_bootstrap_estimate_weighs_every_unit_the_same():
+    # unit means 1 and 4 (sizes 3 and 1): estimate (1 + 4) / 2 = 2.5, not the pooled (1+1+1+4)/4 = 1.75
+    from alignloop.core.metrics import nested_bootstrap_ci
+
+    est, lo, hi = nested_bootstrap_ci([[1.0, 1.0, 1.0], [4.0]], resamples=2000, seed=0)
+    assert est == 2.5
+    # units are constant inside, so a resample's mean is (1,1) -> 1, (1,4)/(4,1) -> 2.5, (4,4) -> 4 with probabilities
+    # 1/4, 1/2, 1/4: the 2.5 % and 97.5 % quantiles of 2000 draws are 1 and 4
+    assert (lo, hi) == (1.0, 4.0)
+
+
+def test_nested_bootstrap_carries_the_within_unit_variance():
+    # one unit: the outer draw is always it, so the interval is the inner (prompt) bootstrap of [0, 1]: 0 .. 1;
+    # identical units with no spread inside give a zero-width interval.
+    from alignloop.core.metrics import nested_bootstrap_ci
+
+    assert nested_bootstrap_ci([[0.0, 1.0]], resamples=2000, seed=3) == (0.5, 0.0, 1.0)
+    assert nested_bootstrap_ci([[0.2, 0.2], [0.2]], resamples=300) == (pytest.approx(0.2), pytest.approx(0.2),
+                                                                         pytest.approx(0.2))
+    with pytest.raises(ValueError, match="no empty unit"):
+        nested_bootstrap_ci([[1.0], []])
+
+
 def test_win_outcomes_with_ties():
     from alignloop.core.metrics import win_outcomes
 

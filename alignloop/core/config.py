@@ -83,6 +83,10 @@ class CurateConfig(_Section):
     min_response_chars: int = Field(1, ge=1, description="Drop SFT/pair responses shorter than this.")
     max_response_chars: int = Field(2000, gt=0, description="Drop SFT/pair responses longer than this.")
     max_prompt_chars: int = Field(2000, gt=0, description="Drop prompts longer than this.")
+    extra_eval_prompts: str | None = Field(
+        None, description="A JSONL file of further held-out prompts ({\"prompt\": text or messages, \"id\"?} per "
+        "line, e.g. a benchmark's prompt set) evaluated beside the eval split: more prompts, more statistical power, "
+        "and no training prompt is lost. Source rows whose prompt is listed here leave training like eval prompts' do.")
 
     @model_validator(mode="after")
     def _splits_fit(self) -> "CurateConfig":

@@ -181,6 +181,7 @@ def curate(
     seed: int,
     *,
     quarantined: Mapping[str, int] | None = None,
+    extra_eval: list[dict] | None = None,
 ) -> Curated:
     """Dedup, filter and split validated rows; return the curated sets and their counts.
 
@@ -189,6 +190,8 @@ def curate(
     ``quarantined``: rows per kind ('prompts', 'sft', 'prefs') the caller already rejected, so the metrics
     account for every input row: for each given kind
     ``input = quarantined + duplicates + too_long + too_short + kept (+ sft rows removed for eval prompts)``.
+    ``extra_eval``: further held-out prompt rows (curate.extra_eval_prompts; quarantined count under the key
+    'extra_eval'): always eval, whatever their hash; source rows with one of these prompts leave training.
     """
     quarantined = dict(quarantined or {})
     by_kind: dict[str, dict[str, Any]] = {}
@@ -211,9 +214,18 @@ def curate(
         }
         dropped += d
 
+    extra_kept: list[dict] = []
+    if extra_eval is not None:
+        extra_kept, counts, d = _clean(extra_eval, cfg, prompt_key, ())
+        by_kind["extra_eval"] = {"input": len(extra_eval) + quarantined.get("extra_eval", 0),
+                                 "quarantined": quarantined.get("extra_eval", 0), **counts}
+        dropped += d
+    forced = {prompt_key(r) for r in extra_kept}
+
     # Split the prompts; prompts that appear only in sft/pairs use the same per-key hash rule.
-    train_keys, eval_keys = split_prompts((prompt_key(r) for r in prompts_kept), cfg.eval_fraction, seed)
-    eval_set, known = set(eval_keys), set(train_keys) | set(eval_keys)
+    train_keys, eval_keys = split_prompts((prompt_key(r) for r in prompts_kept if prompt_key(r) not in forced),
+                                          cfg.eval_fraction, seed)
+    eval_set, known = set(eval_keys) | forced, set(train_keys) | set(eval_keys) | forced
 
     def is_eval(row: dict) -> bool:
         k = prompt_key(row)
@@ -229,6 +241,11 @@ def curate(
 
     prompts_train = [r for r in prompts_kept if is_train(r)]
     prompts_eval = [r for r in prompts_kept if is_eval(r)]
+    in_data = {prompt_key(r) for r in prompts_eval}
+    new_extra = [r for r in extra_kept if prompt_key(r) not in in_data]
+    prompts_eval += new_extra
+    if extra_eval is not None:
+        by_kind["extra_eval"].update(eval=len(new_extra), already_in_data=len(extra_kept) - len(new_extra))
     prefs_train = [r for r in pairs_kept if is_train(r)]
     prefs_eval = [r for r in pairs_kept if is_eval(r)]
     prefs_judge = [r for r in pairs_kept if is_judge(r)]
@@ -251,7 +268,7 @@ def curate(
             "removed_eval_prompt": removed_for_eval, "train": len(sft_kept),
         }
 
-    primary = [k for k in KINDS if "input" in by_kind[k]]
+    primary = [k for k in (*KINDS, "extra_eval") if "input" in by_kind.get(k, {})]
 
     def total(name: str) -> int:
         return sum(by_kind[k].get(name, 0) for k in primary)
@@ -271,6 +288,7 @@ def curate(
         "eval_prompt_rows_removed_from_train": removed_for_eval,
         "by_kind": by_kind,
     }
-    kept_primary = {"prompts": len(prompts_kept), "sft": len(sft_kept), "prefs": len(pairs_kept)}
+    kept_primary = {"prompts": len(prompts_kept), "sft": len(sft_kept), "prefs": len(pairs_kept),
+                    "extra_eval": len(extra_kept)}
     metrics["kept_rows"] = sum(kept_primary[k] for k in primary)
     return Curated(prompts_train, prompts_eval, sft_kept, prefs_train, prefs_eval, metrics, dropped, prefs_judge)

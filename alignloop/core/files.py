@@ -7,11 +7,16 @@ leaves a half-written file or directory that a later stage would take as complet
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import json
+import lzma
+import math
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +79,19 @@ def _id_field(row: dict, key: str = "id") -> str | None:
     return None
 
 
+def _meta_field(row: dict) -> str | None:
+    if row.get("meta") is None or isinstance(row["meta"], dict):
+        return None
+    return f"field 'meta' must be an object, got {type(row['meta']).__name__} (fix: correct it, or remove it)"
+
+
 def validate_prompt(row: dict) -> str | None:
-    return _id_field(row) or _text_field(row, "prompt", allow_messages=True)
+    return _id_field(row) or _text_field(row, "prompt", allow_messages=True) or _meta_field(row)
+
+
+def validate_prompt_text(row: dict) -> str | None:
+    """A prompt row that needs no id (ids are assigned by content), e.g. curate.extra_eval_prompts."""
+    return _text_field(row, "prompt", allow_messages=True)
 
 
 def validate_sft(row: dict) -> str | None:
@@ -117,31 +133,177 @@ def validate_score(row: dict) -> str | None:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, dict | None, str | None]]:
-    """Yield ``(line_no, raw, row, error)`` for every non-blank line; never raises on bad content."""
+# Bounds on one row: far above any real row, low enough that a hostile line cannot exhaust memory or the stack.
+MAX_LINE_BYTES = 32 * 2**20
+MAX_DEPTH = 64
+RAW_SHOWN = 2000  # characters of an oversized line kept in the quarantine record
+
+# Compressed files are recognised by their first bytes, whatever their name.
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
+class _BadJSON(ValueError):
+    """Raised from the JSON hooks: the message is the row's error."""
+
+
+def _no_constant(name: str):
+    raise _BadJSON(f"{name} is not valid JSON (fix: write a finite number, or null)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    row: dict = {}
+    for k, v in pairs:
+        if k in row:
+            raise _BadJSON(f"key {k!r} appears twice in one object (fix: keep one of them; JSON readers disagree on "
+                           "which one wins)")
+        row[k] = v
+    return row
+
+
+def value_problem(value: Any, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why a parsed value cannot be a row (nested deeper than ``max_depth``; a string no UTF-8 file can hold, such as
+    a lone surrogate from an escape like ``\\ud800``; a non-finite float), or None. Iterative: never recurses."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        x, depth, where = stack.pop()
+        name = where.lstrip(".")
+        at = f" in field '{name if len(name) <= 60 else name[:60] + '...'}'" if name else ""
+        if depth > max_depth:
+            return f"nested more than {max_depth} levels deep{at} (fix: flatten the row)"
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (f"the string{at} holds {ascii(x[exc.start])}, a lone surrogate no UTF-8 file can hold "
+                        "(fix: remove it, or encode the text properly before escaping it)")
+        elif isinstance(x, float) and not math.isfinite(x):  # 1e999 parses as inf
+            return f"non-finite number {x}{at} (fix: write a finite number, or null)"
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                stack.append((k, depth + 1, where))
+                stack.append((v, depth + 1, f"{where}.{k}"))
+        elif isinstance(x, (list, tuple)):
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(x))
+    return None
+
+
+def parse_row(raw: str) -> tuple[dict | None, str | None]:
+    """One line of JSONL as ``(row, None)`` or ``(None, error)``; never raises on bad content."""
+    try:
+        row = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except _BadJSON as exc:
+        return None, str(exc)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} at column {exc.colno} (fix: one JSON object per line)"
+    except RecursionError:
+        return None, f"nested more than {MAX_DEPTH} levels deep (fix: flatten the row)"
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit limit
+        return None, f"invalid JSON: {exc} (fix: one JSON object per line, numbers of ordinary size)"
+    if not isinstance(row, dict):
+        return None, f"expected a JSON object, got {type(row).__name__} (fix: one JSON object per line)"
+    problem = value_problem(row)
+    return (None, problem) if problem else (row, None)
+
+
+def check_readable(path: str | Path, fix_missing: str = "run the stage that produces it, e.g. `dvc repro`") -> Path:
+    """``path`` if it is a regular file this process can read; else DataError saying which of those it is not."""
     path = Path(path)
+    if path.is_dir():
+        return _raise(f"{path}: is a directory, not a JSONL file (fix: point at a .jsonl file inside it)")
     if not path.exists():
-        raise DataError(f"{path}: file not found (fix: run the stage that produces it, e.g. `dvc repro`)")
-    with open(path, "rb") as fh:
-        for line_no, raw_bytes in enumerate(fh, start=1):
-            try:
-                raw = raw_bytes.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield line_no, raw_bytes.decode("utf-8", "replace").rstrip("\n"), None, (
-                    f"not valid UTF-8 at byte {exc.start} (fix: re-encode the file as UTF-8)"
-                )
-                continue
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield line_no, raw.rstrip("\n"), None, f"invalid JSON: {exc.msg} at column {exc.colno} (fix: one JSON object per line)"
-                continue
-            if not isinstance(row, dict):
-                yield line_no, raw.rstrip("\n"), None, f"expected a JSON object, got {type(row).__name__} (fix: one JSON object per line)"
-                continue
-            yield line_no, raw.rstrip("\n"), row, None
+        return _raise(f"{path}: file not found (fix: {fix_missing})")
+    if not path.is_file():
+        return _raise(f"{path}: not a regular file (a device, socket or pipe) (fix: point at a .jsonl file)")
+    if not os.access(path, os.R_OK):
+        return _raise(f"{path}: cannot be read: permission denied (fix: `chmod a+r {path}`, or run as its owner)")
+    return path
+
+
+def _raise(msg: str):
+    raise DataError(msg)
+
+
+def _open_binary(path: Path):
+    """The file's bytes, decompressed when it is gzip, bzip2 or xz (the stdlib reads those); zstd is refused."""
+    try:
+        fh = open(path, "rb")
+    except PermissionError:
+        _raise(f"{path}: cannot be read: permission denied (fix: `chmod a+r {path}`, or run as its owner)")
+    except OSError as exc:
+        _raise(f"{path}: cannot be read: {exc.strerror} (fix: check the file)")
+    head = fh.read(6)
+    fh.seek(0)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        fh.close()
+        _raise(f"{path}: is UTF-16 text (fix: re-encode it as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 {path}`)")
+    for magic, kind in _COMPRESSED:
+        if head.startswith(magic):
+            if kind == "zstd":
+                fh.close()
+                _raise(f"{path}: is zstd-compressed, which this reader does not decompress (fix: `zstd -d {path}`, "
+                       "or recompress it with gzip, bzip2 or xz)")
+            return {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}[kind](fh, "rb"), kind
+    return fh, None
+
+
+def _lines(fh) -> Iterator[tuple[bytes, int]]:
+    """``(line, its full length in bytes)``; a line over MAX_LINE_BYTES is cut there (the rest is skipped unread)."""
+    while True:
+        chunk = fh.readline(MAX_LINE_BYTES + 1)
+        if not chunk:
+            return
+        n = len(chunk)
+        if n > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+            while True:  # skip to the end of the line, 1 MiB at a time
+                rest = fh.readline(1 << 20)
+                n += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield chunk, n
+
+
+def iter_jsonl(path: str | Path, fix_missing: str = "run the stage that produces it, e.g. `dvc repro`"
+               ) -> Iterator[tuple[int, str, dict | None, str | None]]:
+    """Yield ``(line_no, raw, row, error)`` for every non-blank line; never raises on bad content.
+
+    The one reading path of every JSONL file the project reads (sources and pipeline files). A row error is one of:
+    not UTF-8, invalid JSON, not an object, NaN/Infinity, a key twice in one object, a lone surrogate, nesting over
+    MAX_DEPTH, a line over MAX_LINE_BYTES. A UTF-8 byte-order mark is skipped; gzip/bzip2/xz files are read
+    decompressed. DataError (not a row error) for a missing, unreadable or directory path, a UTF-16 file, a zstd or
+    corrupt compressed file, and a file that changed while it was read.
+    """
+    path = check_readable(path, fix_missing)
+    before = path.stat()
+    fh, kind = _open_binary(path)
+    line_no = 0
+    try:
+        with fh:
+            for raw_bytes, size in _lines(fh):
+                line_no += 1
+                if line_no == 1 and raw_bytes.startswith(b"\xef\xbb\xbf"):
+                    raw_bytes = raw_bytes[3:]  # a byte-order mark: Windows editors write one; it is not part of a row
+                if size > MAX_LINE_BYTES:
+                    shown = raw_bytes[:RAW_SHOWN].decode("utf-8", "replace")
+                    yield line_no, shown + "...", None, (
+                        f"line is {size} bytes, over the {MAX_LINE_BYTES}-byte limit (fix: shorten or split the row)")
+                    continue
+                try:
+                    raw = raw_bytes.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as exc:
+                    yield line_no, raw_bytes.decode("utf-8", "replace").rstrip("\r\n"), None, (
+                        f"not valid UTF-8 at byte {exc.start} (fix: re-encode the file as UTF-8)"
+                    )
+                    continue
+                if not raw.strip():
+                    continue
+                row, err = parse_row(raw)
+                yield line_no, raw, row, err
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:  # a truncated or corrupt compressed stream
+        _raise(f"{path}: {kind or 'file'} data is corrupt or truncated after line {line_no} ({exc}) (fix: recreate "
+               "or re-download the file)")
+    after = path.stat()
+    if (after.st_size, after.st_mtime_ns, after.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
+        _raise(f"{path}: changed while it was being read (fix: rerun once whatever writes it has finished)")
 
 
 SAMPLE_KEY = ("prompt_id", "sample_idx")  # what identifies a row of samples and scores files

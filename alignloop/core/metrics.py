@@ -72,6 +72,32 @@ def bootstrap_ci(values: Sequence[float], *, stat=None, groups: Sequence | None 
     return float(lo), float(hi)
 
 
+def nested_bootstrap_ci(units: Sequence[Sequence[float]], *, resamples: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-unit means and its two-level percentile bootstrap interval: ``(estimate, low, high)``.
+
+    For replicated experiments: ``units`` are independent replicates (e.g. training seeds), each a list of
+    per-element values (e.g. per-prompt paired differences). A resample draws units with replacement, then
+    elements with replacement within each drawn unit, so the interval carries both the seed-to-seed and the
+    prompt-to-prompt variance; every unit weighs the same whatever its size. Deterministic given ``seed``.
+    """
+    import random
+
+    if not units or any(not u for u in units):
+        raise ValueError("nested bootstrap needs at least one unit and no empty unit")
+    mean_ = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(resamples):
+        picked = [units[rng.randrange(len(units))] for _ in units]
+        stats.append(mean_([mean_([u[rng.randrange(len(u))] for _ in u]) for u in picked]))
+    stats.sort()
+    alpha = (1 - level) / 2
+    lo = stats[max(0, math.floor(alpha * resamples))]
+    hi = stats[min(resamples - 1, math.ceil((1 - alpha) * resamples) - 1)]
+    return float(mean_([mean_(u) for u in units])), float(lo), float(hi)
+
+
 def win_outcomes(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """Per-comparison outcome of a vs b: 1 win, 0.5 tie, 0 loss (their mean is :func:`win_rate`)."""
     if len(a) != len(b) or not a:

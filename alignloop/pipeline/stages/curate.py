@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,14 +28,18 @@ from alignloop.core.adapters import AdapterError, get_adapter
 from alignloop.core.config import ConfigError, DataConfig, Params, load_params
 from alignloop.core.curate import Curated, curate, stable_id
 from alignloop.core.files import (
+    RAW_SHOWN,
     BadRow,
     DataError,
+    check_readable,
     atomic_dir,
     iter_jsonl,
     split_rows,
     validate_pair,
     validate_prompt,
+    validate_prompt_text,
     validate_sft,
+    value_problem,
     write_json,
     write_jsonl,
 )
@@ -47,11 +52,14 @@ OUT_DIR = layout.CURATED
 
 
 def _source(ctx: Ctx) -> list[str]:
-    """The source it reads, when DVC can track it: the raw corpus (embedded) or a local JSONL file."""
-    data = ctx.params.data
+    """The files it reads, when DVC can track them: the raw corpus (embedded) or a local JSONL file, and the
+    extra held-out prompts."""
+    data, extra = ctx.params.data, ctx.params.curate.extra_eval_prompts
     if data.source == "embedded":
-        return [RAW_DIR]
-    return [data.path] if data.source == "jsonl" and data.path else []
+        source = [RAW_DIR]
+    else:
+        source = [data.path] if data.source == "jsonl" and data.path else []
+    return source + ([extra] if extra else [])
 
 
 SPECS = [StageSpec(
@@ -74,16 +82,28 @@ def _norm_prompt(prompt: Any) -> Any:
     return prompt if isinstance(prompt, str) else [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
-def _scores(raw: dict) -> dict:
-    """Optional numeric chosen/rejected scores of a source row, under the contract's names."""
+def _scores(raw: dict) -> tuple[dict, str | None]:
+    """Optional chosen/rejected scores of a source row, under the contract's names, or the error when one is present
+    but is not a finite number (a score is never dropped without a word)."""
     out = {}
     for name, keys in SCORE_KEYS.items():
         for k in keys:
-            v = raw.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[name] = v
-                break
-    return out
+            if k not in raw or raw[k] is None:
+                continue
+            v = raw[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return {}, (f"field '{k}' is {v!r}, not a finite number (fix: correct it, or remove it or set it to "
+                            "null when the row has no score)")
+            out[name] = v
+            break
+    return out, None
+
+
+def _source_field(raw: dict) -> str | None:
+    v = raw.get("source")
+    if v is None or (isinstance(v, str) and v.strip()):
+        return None
+    return f"field 'source' is {v!r}, not a non-empty string (fix: correct it, or remove it)"
 
 
 def norm_prompt_row(row: dict) -> dict:
@@ -105,8 +125,12 @@ def norm_pair_row(row: dict, source: str) -> dict:
         "rejected": row["rejected"].strip(),
         "source": row["source"] if isinstance(row.get("source"), str) and row["source"] else source,
     }
-    out.update(_scores(row))
+    out.update(_scores(row)[0])  # validate_embedded_pair has rejected rows with bad scores
     return out
+
+
+def validate_embedded_pair(row: dict) -> str | None:
+    return validate_pair(row) or _source_field(row) or _scores(row)[1]
 
 
 # --- reading the sources ------------------------------------------------------------------------
@@ -125,7 +149,7 @@ def read_embedded(raw_dir: str | Path, allow_no_pairs: bool = False) -> tuple[di
     for kind, fname, validate, norm in (
         ("prompts", "prompts.jsonl", validate_prompt, norm_prompt_row),
         ("sft", "sft.jsonl", validate_sft, norm_sft_row),
-        ("prefs", "prefs.jsonl", validate_pair, lambda r: norm_pair_row(r, "annotator")),
+        ("prefs", "prefs.jsonl", validate_embedded_pair, lambda r: norm_pair_row(r, "annotator")),
     ):
         path = raw_dir / fname
         if not path.exists():
@@ -168,8 +192,11 @@ def adapt_rows(
                 pair["id"] = rid
                 seen[rid] = line
             if err is None:
-                pair["source"] = row.get("source") if isinstance(row.get("source"), str) and row["source"] else source
-                pair.update(_scores(row))
+                scores, err = _scores(row)
+                err = err or _source_field(row)
+            if err is None:
+                pair["source"] = row["source"] if isinstance(row.get("source"), str) else source
+                pair.update(scores)
                 err = validate_pair(pair)
         if err is None:
             good.append(pair)
@@ -187,9 +214,7 @@ def _limit(items: Iterable, max_rows: int | None) -> Iterator:
 
 def read_jsonl_source(data: DataConfig) -> tuple[list[dict], list[BadRow]]:
     """Pairs from a local JSONL file in a hub shape (``data.path``) through ``data.adapter``."""
-    path = Path(data.path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (fix: set data.path in params.yaml to an existing .jsonl file)")
+    path = check_readable(data.path, "set data.path in params.yaml to an existing .jsonl file")
     good, bad = adapt_rows(_limit(iter_jsonl(path), data.max_rows), str(path), data.adapter, f"jsonl:{path.name}")
     _require_rows(str(path), good, bad)
     return good, bad
@@ -215,14 +240,44 @@ def load_hub_rows(data: DataConfig) -> list[dict]:
     return [dict(r) for r in ds]
 
 
+def _hub_item(line: int, row: dict) -> tuple[int, str, dict | None, str | None]:
+    """A datasets row as an adapt_rows item: the same value checks as a JSONL row (depth, strings, non-finite
+    floats, which Arrow can hold), and its raw text for the quarantine."""
+    err = value_problem(row)
+    try:
+        raw = json.dumps(row, ensure_ascii=False, default=str) if err is None else repr(row)[:RAW_SHOWN]
+    except (TypeError, ValueError, RecursionError) as exc:
+        raw, err = repr(row)[:RAW_SHOWN], f"cannot be written as JSON: {exc} (fix: convert the column to text)"
+    return line, raw, (row if err is None else None), err
+
+
 def read_hub_source(data: DataConfig) -> tuple[list[dict], list[BadRow]]:
     """Pairs from a hub dataset (or a local directory in hub layout) through ``data.adapter``."""
     rows = load_hub_rows(data)
-    items = ((i + 1, json.dumps(r, ensure_ascii=False, default=str), r, None) for i, r in enumerate(rows))
+    items = (_hub_item(i + 1, r) for i, r in enumerate(rows))
     good, bad = adapt_rows(items, data.path, data.adapter, f"hub:{data.path}")
     if not rows:
         raise DataError(f"{data.path}: split '{data.split}' has no rows (fix: check data.path and data.split)")
     return good, bad
+
+
+def read_extra_eval_prompts(path: str) -> tuple[list[dict], list[BadRow]]:
+    """Rows of curate.extra_eval_prompts: ``{"prompt": text or messages}`` per line, any other fields ignored.
+
+    Each gets a content-hash id (prefix 'x'), so it cannot collide with the source's ids; its own id, if any,
+    is kept as meta.source_id.
+    """
+    p = check_readable(path, "set curate.extra_eval_prompts in params.yaml to an existing .jsonl file of "
+                             "{\"prompt\": ...} rows, or to null")
+    good, bad = split_rows(p, validate_prompt_text, id_key=None)
+    _require_rows(path, good, bad)
+    rows = []
+    for r in good:
+        row = {"id": stable_id(r["prompt"], prefix="x"), "prompt": _norm_prompt(r["prompt"])}
+        if isinstance(r.get("id"), (str, int)) and not isinstance(r.get("id"), bool):
+            row["meta"] = {"source_id": r["id"]}
+        rows.append(row)
+    return rows, bad
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -237,12 +292,15 @@ def _bad_lines(bad: list[BadRow], n: int = SHOW_BAD) -> str:
 def run_curation(params: Params, raw_dir: str | Path = RAW_DIR) -> tuple[Curated, list[BadRow]]:
     """Read the configured source and curate it; DataError if nothing usable remains."""
     data = params.data
+    extra, extra_bad = (read_extra_eval_prompts(params.curate.extra_eval_prompts)
+                        if params.curate.extra_eval_prompts else (None, []))
     if data.source == "embedded":
         allow_no_pairs = params.task.pairs_per_prompt == 0
         rows, bad_by_kind = read_embedded(raw_dir, allow_no_pairs)
         bad = [b for k in ("prompts", "sft", "prefs") for b in bad_by_kind[k]]
-        quarantined = {k: len(v) for k, v in bad_by_kind.items()}
-        result = curate(rows["prompts"], rows["sft"], rows["prefs"], params.curate, params.seed, quarantined=quarantined)
+        quarantined = {k: len(v) for k, v in bad_by_kind.items()} | {"extra_eval": len(extra_bad)}
+        result = curate(rows["prompts"], rows["sft"], rows["prefs"], params.curate, params.seed,
+                        quarantined=quarantined, extra_eval=extra)
         origin = str(raw_dir)
     else:
         if not data.path:
@@ -252,8 +310,10 @@ def run_curation(params: Params, raw_dir: str | Path = RAW_DIR) -> tuple[Curated
             )
         allow_no_pairs = False
         pairs, bad = read_jsonl_source(data) if data.source == "jsonl" else read_hub_source(data)
-        result = curate(None, None, pairs, params.curate, params.seed, quarantined={"prefs": len(bad)})
+        result = curate(None, None, pairs, params.curate, params.seed,
+                        quarantined={"prefs": len(bad), "extra_eval": len(extra_bad)}, extra_eval=extra)
         origin = data.path
+    bad = bad + extra_bad
 
     m = result.metrics
     why = (
