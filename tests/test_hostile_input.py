@@ -348,3 +348,32 @@ def test_fuzzed_hub_rows_through_every_adapter(adapter):
     for g in good:  # what is kept is a valid pair that can be written as UTF-8 JSON
         assert files.validate_pair(g) is None and files.value_problem(g) is None
         json.dumps(g, ensure_ascii=False).encode("utf-8")
+
+
+def test_a_hub_dataset_with_nulls_nan_and_nested_features(workdir, capsys):
+    """data.source hub: a parquet shard in the hub layout loaded by `datasets`, whose typed columns hold nulls, a NaN
+    score (float columns can) and nested structs; bad rows are quarantined with their row number, none is lost."""
+    import datasets
+
+    d = workdir / "ds" / "data"
+    d.mkdir(parents=True)
+    u = lambda t: [{"role": "user", "content": t}]  # noqa: E731
+    rows = [{"prompt": u(r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"], "chosen_score": 1.0,
+             "meta": {"annotator": {"name": "a", "ids": [1, 2]}}} for r in GOOD]
+    rows[1]["chosen"] = None  # a null in a string column
+    rows[2]["chosen_score"] = float("nan")
+    rows[3]["prompt"] = [{"role": "user", "content": None}]  # a null inside a list of structs
+    rows[4]["chosen_score"] = None  # a null optional score: the row has no score, and is kept
+    datasets.Dataset.from_list(rows).to_parquet(str(d / "train-00000-of-00001.parquet"))
+    (workdir / "params.yaml").write_text("experiment: test-hostile\nseed: 1\ndata: {source: hub, path: ds, adapter: "
+                                         "pairs}\ncurate: {eval_fraction: 0.3}\n", encoding="utf-8")
+    rc, err, m, q = _curate(capsys)
+    assert rc == 0, err
+    assert [(r["file"], r["line"]) for r in q] == [("ds", 2), ("ds", 3), ("ds", 4)]
+    assert "'chosen'" in q[0]["error"] and "non-finite number nan in field 'chosen_score'" in q[1]["error"]
+    assert "content" in q[2]["error"] and all("(fix:" in r["error"] for r in q)
+    assert m["input_rows"] == len(GOOD) and m["kept_rows"] == len(GOOD) - 3
+    kept = files.read_jsonl("data/curated/prefs/train.jsonl", allow_empty=True) + \
+        files.read_jsonl("data/curated/prefs/eval.jsonl", allow_empty=True)
+    assert {r["chosen"]: r.get("chosen_score") for r in kept} == {"good words 0": 1.0, "good words 4": None,
+                                                                  "good words 5": 1.0}
