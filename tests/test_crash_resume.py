@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -63,8 +64,12 @@ def cached_batch(root: Path, log: str) -> bool:
     return any(not p.name.startswith(".") for p in root.glob(".alignloop/shards/r1/*/b*.jsonl"))
 
 
-def progress(text: str):
-    return lambda root, log: text in log
+def progress(desc: str):
+    """The stage's own progress bar is up and not finished (`<desc>:  37%|...`), and its final print (which starts
+    with the same words, so matching the words alone could fire after the work) is not there."""
+    bar = re.compile(re.escape(desc) + r":\s+(\d+)%\|")
+    final = re.compile(re.escape(desc) + r": (?!\s*\d+%\|)")
+    return lambda root, log: any(int(m) < 100 for m in bar.findall(log)) and not final.search(log)
 
 
 # (stage, when to kill it, what the rerun prints when it resumes instead of restarting)
@@ -105,15 +110,29 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
+def content_hash(p: Path) -> str:
+    """md5 of a file, or of a directory's file names and bytes: a partial directory differs like a partial file."""
+    from alignloop.core.files import hash_paths
+
+    h = hashlib.md5()
+    hash_paths([p], h)
+    return h.hexdigest()
+
+
 def kill_during(root: Path, stage: str, ready) -> str:
-    """Start `dvc repro -f -s <stage>`, SIGKILL its whole process group once ``ready``; returns its log."""
+    """Start `dvc repro -f -s <stage>`, SIGKILL its whole process group once ``ready`` fired; returns its log.
+    Fails if the stage finished first or ``ready`` never fired (a timeout is not a kill mid-work)."""
     log_path = root / f"kill-{stage}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=project_env(root),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    fired = False
     try:
         deadline = time.time() + 600
-        while proc.poll() is None and time.time() < deadline and not ready(root, log_path.read_text(errors="replace")):
+        while proc.poll() is None and time.time() < deadline:
+            if ready(root, log_path.read_text(errors="replace")):
+                fired = True
+                break
             time.sleep(0.02)
         finished = proc.poll() is not None
         os.killpg(proc.pid, signal.SIGKILL)
@@ -123,6 +142,7 @@ def kill_during(root: Path, stage: str, ready) -> str:
             os.killpg(proc.pid, signal.SIGKILL)
     text = log_path.read_text(errors="replace")
     assert not finished, f"{stage} finished before it could be killed:\n{text[-3000:]}"
+    assert fired, f"{stage}: the kill trigger never fired in 600 s:\n{text[-3000:]}"
     return text
 
 
@@ -131,15 +151,15 @@ def kill_during(root: Path, stage: str, ready) -> str:
 def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, resumed):
     reference = yaml.safe_load((project / "dvc.lock").read_text())
     ref_metrics = metrics_of(project, reference, stage)
+    ref_content = {path: content_hash(project / path) for path in outs_of(project, reference, stage)}
     kill_during(project, stage, ready)
 
     # Nothing partial is taken as complete: DVC sees the stage as not done, and no output holds other content.
     status = sh(["dvc", "status", stage], project).stdout
     assert stage in status, status
-    for path, md5 in outs_of(project, reference, stage).items():
+    for path, digest in ref_content.items():  # directories too: a half-filled model folder would differ
         p = project / path
-        if p.exists():
-            assert p.is_dir() or hashlib.md5(p.read_bytes()).hexdigest() == md5, f"{path} is partial"
+        assert not p.exists() or content_hash(p) == digest, f"{path} is partial"
     assert yaml.safe_load((project / "dvc.lock").read_text()) == reference  # the lock still describes the old run
 
     # Nothing is lost: the interrupted stage's previous outputs are in DVC's cache (its uncached metrics files are
