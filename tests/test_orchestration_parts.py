@@ -52,11 +52,28 @@ def test_read_plan_on_the_committed_dvc_yaml():
     assert "dpo_r1" in plan.upstream["generate_r2"]
 
 
-def test_read_plan_round_names_with_underscores():
+def test_read_plan_of_the_repo_puts_every_stage_in_one_group():
     plan = read_plan(REPO, ["r1", "r2", "r3"])
-    # every stage lands in exactly one group
     grouped = plan.before + [s for v in plan.rounds.values() for s in v] + plan.after
     assert len(grouped) == len(set(grouped)) == 27
+
+
+def test_read_plan_round_names_with_underscores(tmp_path):
+    """Rounds 'up' and 'warm_up': a stage named dpo_warm_up ends with '_up', so a plan read from stage names would
+    give it to round 'up' as well; the plan reads each stage's round from its meta."""
+    from alignloop.core.config import load_params
+    from alignloop.pipeline.render import render_text
+
+    (tmp_path / "params.yaml").write_text("experiment: t\nrounds:\n  warm_up: {algo: dpo, prev: sft}\n"
+                                          "  up: {algo: dpo, prev: warm_up}\n  up_2: {algo: ppo, prev: up}\n")
+    (tmp_path / "dvc.yaml").write_text(render_text(load_params(tmp_path / "params.yaml")))
+    plan = read_plan(tmp_path, ["warm_up", "up", "up_2"])
+    assert plan.rounds["warm_up"] and all(s.endswith("_warm_up") for s in plan.rounds["warm_up"])
+    assert plan.rounds["up"] and all(s.endswith("_up") and not s.endswith("_warm_up") for s in plan.rounds["up"])
+    assert "ppo_up_2" in plan.rounds["up_2"] and all(s.endswith("_up_2") for s in plan.rounds["up_2"])
+    grouped = plan.before + [s for v in plan.rounds.values() for s in v] + plan.after
+    assert len(grouped) == len(set(grouped))
+    assert "dpo_warm_up" in plan.upstream["generate_up"]  # round up samples from warm_up's policy
 
 
 LOG = [

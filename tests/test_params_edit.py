@@ -77,10 +77,19 @@ def test_override_through_a_value_is_an_error(params):
         edit_params(params, overrides={"experiment.name": "x"})
 
 
-def test_new_rounds_repeat_last_algorithm_and_names_skip_taken():
+def test_new_round_names_skip_taken():
     assert next_round_name(["r1", "r2"]) == "r3"
     assert next_round_name(["warmup", "r7"]) == "r8"
     assert next_round_name([]) == "r1"
+
+
+def test_new_rounds_repeat_the_last_rounds_algorithm_not_the_default(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("experiment: t\nrounds:\n  r1: {algo: dpo, prev: sft}\n  r2: {algo: ppo, prev: r1}\n")
+    added = edit_params(p, rounds=4)["added_rounds"]
+    raw = yaml.safe_load(p.read_text())["rounds"]
+    assert added == ["r3", "r4"]
+    assert raw["r3"] == {"algo": "ppo", "prev": "r2"} and raw["r4"] == {"algo": "ppo", "prev": "r3"}  # not dpo
 
 
 def test_rounds_added_to_empty_params_start_from_sft(tmp_path):

@@ -193,10 +193,18 @@ def test_registry_flow_promotes_and_rolls_back(project):
 
     registered(project)  # points MLFLOW_TRACKING_URI at the project's store
     before = [v["version"] for v in registry.versions("e2e-policy") if "champion" in v["aliases"]]
-    out = registry_flow(action="promote", version="1", reason="test", project_dir=str(project))
-    assert out["champion"] == "1" and out["versions"] == len(ROUNDS)
-    if before:  # rollback returns the champion to the one the gate chose
-        assert registry_flow(action="rollback", project_dir=str(project))["champion"] == before[0]
+    target = before[0] if before else str(len(ROUNDS))
+    if not before:  # the gate promoted nothing: make a champion to roll back to (undone below)
+        registry_flow(action="promote", version=target, reason="test setup", project_dir=str(project))
+    try:
+        out = registry_flow(action="promote", version="1", reason="test", project_dir=str(project))
+        assert out["champion"] == "1" and out["versions"] == len(ROUNDS)
+        # rollback returns the champion to the one before (the gate's, when it chose one)
+        assert registry_flow(action="rollback", project_dir=str(project))["champion"] == target
+        assert [v["version"] for v in registry.versions("e2e-policy") if "champion" in v["aliases"]] == [target]
+    finally:
+        if not before:  # leave the store as the pipeline left it, for the tests that read it after this one
+            registry.client().delete_registered_model_alias("e2e-policy", "champion")
     from prefect.artifacts import Artifact
 
     assert "| 1 | r1 |" in Artifact.get("e2e-policy-registry").data

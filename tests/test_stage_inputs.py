@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-PARAMS = {"rounds": {"r1": {"algo": "dpo", "prev": "sft"}}}
+PARAMS = {"rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "p1": {"algo": "ppo", "prev": "sft"}}}
 
 GOOD_PROMPT = {"id": "p1", "prompt": "tell me about ocean"}
 GOOD_SFT = {"id": "s1", "prompt": "tell me about ocean", "response": "waves are calm"}
@@ -18,6 +18,7 @@ GOOD_SAMPLE = {"prompt_id": "p1", "sample_idx": 0, "prompt": "tell me about ocea
                "num_tokens": 2, "finish_reason": "stop", "seed": 0}
 GOOD_SCORE = {"prompt_id": "p1", "sample_idx": 0, "reward": 0.5}
 R1 = ["--round", "r1"]
+PAIRS_2 = [GOOD_PAIR, {**GOOD_PAIR, "id": "x2", "chosen": "calm blue waves"}]
 
 # Every pipeline file type: (name, stage that reads it, its args, path, a good row, its text fields, a field and a
 # value of the wrong type for it, other files the stage reads first). Each is fed every defect below as its second
@@ -32,7 +33,19 @@ FILES = [
     ("samples", "score", R1, "data/rounds/r1/samples.jsonl", GOOD_SAMPLE, [], ("num_tokens", "2"), {}),
     ("scores", "pairs", R1, "data/rounds/r1/scores.jsonl", GOOD_SCORE, [], ("reward", "high"),
      {"data/rounds/r1/samples.jsonl": [GOOD_SAMPLE, {**GOOD_SAMPLE, "sample_idx": 1}]}),
+    ("eval-prefs", "reward_model", [], "data/curated/prefs/eval.jsonl", GOOD_PAIR, ["prompt", "chosen", "rejected"],
+     ("prompt", 5), {"data/curated/prefs/train.jsonl": PAIRS_2}),
+    ("ppo-prompts", "ppo", ["--round", "p1"], "data/curated/prompts/train.jsonl", GOOD_PROMPT, ["prompt"],
+     ("prompt", 7), {}),
+    ("base-sft", "base", [], "data/curated/sft.jsonl", GOOD_SFT, ["prompt", "response"], ("response", 1), {}),
+    ("base-prefs", "base", [], "data/curated/prefs/train.jsonl", GOOD_PAIR, ["prompt", "chosen", "rejected"],
+     ("rejected", None), {"data/curated/sft.jsonl": [GOOD_SFT]}),
 ]
+EMPTY_OK = {"eval-prefs", "base-prefs"}  # files a stage may find empty (no held-out pairs)
+# What each stage writes: a previous good output there must survive the failed run untouched.
+OUTS = {"generate": "data/rounds/r1/samples.jsonl", "evaluate": "data/rounds/r1/eval.json", "sft": "data/models/sft",
+        "reward_model": "data/models/rm", "dpo": "data/rounds/r1/policy", "score": "data/rounds/r1/scores.jsonl",
+        "pairs": "data/rounds/r1/pairs.jsonl", "ppo": "data/rounds/p1/policy", "base": "data/models/base"}
 
 
 def _other(good: dict) -> dict:
@@ -42,9 +55,13 @@ def _other(good: dict) -> dict:
     return {**good, "sample_idx": 1}
 
 
-def _defects(good: dict, text: list[str], wrong: tuple):
+def _defects(good: dict, text: list[str], wrong: tuple, empty_ok: bool):
     """(defect name, line 2 as bytes or None for an empty file, text the error must contain)."""
     key = "id" if "id" in good else "prompt_id"
+    other = json.dumps(_other(good))
+    yield "duplicate-key", (other[:-1] + f', "{key}": "again"}}').encode(), f"key '{key}' appears twice"
+    yield "nan", (other[:-1] + ', "x": NaN}').encode(), "NaN is not valid JSON"
+    yield "lone-surrogate", json.dumps({**_other(good), key: "p\ud800"}).encode(), "lone surrogate"
     yield "invalid-json", b'{"id": "p2", "prompt": ', "invalid JSON"
     yield "non-utf8", b'{"id": "\xff\xfe"}', "not valid UTF-8"
     yield "not-an-object", b'["a", "list"]', "expected a JSON object"
@@ -56,12 +73,13 @@ def _defects(good: dict, text: list[str], wrong: tuple):
     if "chosen" in good:
         yield "chosen-equals-rejected", json.dumps({**_other(good), "rejected": _other(good)["chosen"]}).encode(), \
             "'chosen' equals 'rejected'"
-    yield "empty-file", None, "the file has no rows"
+    if not empty_ok:
+        yield "empty-file", None, "the file has no rows"
 
 
 CASES = [(f"{name}-{defect}", stage, args, path, good, line2, expected, before)
          for name, stage, args, path, good, text, wrong, before in FILES
-         for defect, line2, expected in _defects(good, text, wrong)]
+         for defect, line2, expected in _defects(good, text, wrong, name in EMPTY_OK)]
 
 
 @pytest.mark.parametrize("name,stage,args,path,good,line2,expected,before", CASES, ids=[c[0] for c in CASES])
@@ -75,14 +93,21 @@ def test_bad_stage_input_is_a_clear_error(tmp_path, monkeypatch, capsys, name, s
     f = tmp_path / path
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_bytes(b"" if line2 is None else json.dumps(good).encode() + b"\n" + line2 + b"\n")
+    out = tmp_path / OUTS[stage]  # the output of an earlier good run
+    sentinel = out / "model.safetensors" if out.suffix == "" else out
+    sentinel.parent.mkdir(parents=True, exist_ok=True)
+    sentinel.write_bytes(b"previous good output")
     module = importlib.import_module(f"alignloop.pipeline.stages.{stage}")
     assert module.main(args) == 2
     err = capsys.readouterr().err
     where = f"{path}: the file has no rows" if line2 is None else f"{path}:2: "
     assert err.startswith("error: ") and where in err and expected in err and "fix" in err, err
     assert "Traceback" not in err
-    # Nothing was produced or overwritten by the failed stage.
-    assert not (tmp_path / "data/models").exists() and not (tmp_path / "data/rounds/r1/policy").exists()
+    # Nothing was produced or overwritten by the failed stage: its previous output is as it was, alone.
+    assert sentinel.read_bytes() == b"previous good output"
+    assert not out.is_dir() or [p.name for p in out.iterdir()] == ["model.safetensors"]
+    made = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    assert made <= {path, sentinel.relative_to(tmp_path).as_posix(), *before}, made
 
 
 def test_missing_input_file_is_a_clear_error(tmp_path, monkeypatch, capsys):

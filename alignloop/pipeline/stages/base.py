@@ -28,10 +28,10 @@ def corpus_texts() -> list[str]:
     from alignloop.ml.modeling import as_messages
 
     texts = []
-    for row in files.read_jsonl(layout.SFT_DATA):
+    for row in files.read_jsonl(layout.SFT_DATA, files.validate_sft, id_key="id"):
         texts += [m["content"] for m in as_messages(row["prompt"])] + [row["response"]]
     for path in (layout.PREFS_TRAIN, layout.PREFS_EVAL):
-        for row in files.read_jsonl(path, allow_empty=True):
+        for row in files.read_jsonl(path, files.validate_pair, id_key="id", allow_empty=True):
             texts += [m["content"] for m in as_messages(row["prompt"])] + [row["chosen"], row["rejected"]]
     return texts
 
