@@ -69,8 +69,9 @@ def test_the_checker_catches_a_plain_write(tmp_path):
     assert len(_offences(bad)) == 2
 
 
-def test_a_stage_failing_after_training_leaves_the_previous_output_untouched(tmp_path, monkeypatch, capsys):
-    """The pairs stage fails (no usable pair) after reading everything: its previous pairs.jsonl stays as it was."""
+def test_a_stage_failing_after_reading_its_inputs_leaves_the_previous_output_untouched(tmp_path, monkeypatch, capsys):
+    """The pairs stage fails (no usable pair) after reading everything, before writing: its previous pairs.jsonl stays
+    as it was. (A failure in the middle of writing: the next test.)"""
     import json
 
     import yaml
@@ -95,6 +96,37 @@ def test_a_stage_failing_after_training_leaves_the_previous_output_untouched(tmp
     assert not [p for p in rounds.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 
+def test_a_save_failing_half_way_through_leaves_the_previous_model_untouched(tmp_path):
+    """save_trained, the save every training stage ends with, fails after the weights are written and before the
+    tokenizer is (a full disk): the previous model directory is as it was and no partial one is left."""
+    import types
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignloop.ml.training import save_trained
+
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"previous good weights")
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    written = []
+
+    class FullDisk:
+        def save_pretrained(self, path):
+            written.extend(p.name for p in Path(path).iterdir())  # the weights are already there
+            raise OSError(28, "No space left on device")
+
+    trainer = types.SimpleNamespace(model=model, is_fsdp_enabled=False, is_world_process_zero=lambda: True,
+                                    args=types.SimpleNamespace(world_size=1), accelerator=None)
+    with pytest.raises(OSError, match="No space left"):
+        save_trained(trainer, FullDisk(), str(out))
+    assert "model.safetensors" in written  # the failure did land mid-write
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"previous good weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]  # the temporary sibling is gone
+
+
 @pytest.mark.parametrize("helper", ["atomic_dir", "atomic_file"])
 def test_killed_writer_leaves_only_a_hidden_temp_sibling(tmp_path, helper):
     """What a SIGKILL mid-write leaves: the final name untouched, the partial data under a hidden temp name that
@@ -112,12 +144,22 @@ def test_killed_writer_leaves_only_a_hidden_temp_sibling(tmp_path, helper):
                if helper == "atomic_dir" else
                f"with files.atomic_file({str(final)!r}) as fh:\n    fh.write('partial')\n    fh.flush()\n    time.sleep(60)\n"))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+
+    def partial() -> bool:  # the writer's data is in its temp sibling: it is mid-write
+        for p in tmp_path.iterdir():
+            if p.name.startswith("."):
+                target = p / "part" if p.is_dir() else p
+                if target.is_file() and target.read_text() in ("x", "partial"):
+                    return True
+        return False
+
     deadline = time.time() + 60
-    while not [p for p in tmp_path.iterdir() if p.name.startswith(".")] and time.time() < deadline:
+    while not partial() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.2)
+    assert partial() and proc.poll() is None, "the writer was not alive and mid-write when it was killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     if helper == "atomic_file":
         assert final.read_text() == "previous"
     else:
