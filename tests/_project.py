@@ -8,8 +8,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -56,3 +58,34 @@ def flow_env(root: Path):
 
 def read(root: Path, rel: str):
     return json.loads((root / rel).read_text())
+
+
+def kill_during(root: Path, stage: str, ready) -> str:
+    """Start `dvc repro -f -s <stage>`, SIGKILL its whole process group once ``ready`` fired; returns its log.
+    Fails if the stage finished first or ``ready`` never fired (a timeout is not a kill mid-work)."""
+    log_path = root / f"kill-{stage}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=project_env(root),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    fired = False
+    try:
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline:
+            if ready(root, log_path.read_text(errors="replace")):
+                fired = True
+                break
+            time.sleep(0.02)
+        finished = proc.poll() is not None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended between the check and the kill
+            finished = True
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert not finished, f"{stage} finished before it could be killed:\n{text[-3000:]}"
+    assert fired, f"{stage}: the kill trigger never fired in 600 s:\n{text[-3000:]}"
+    return text

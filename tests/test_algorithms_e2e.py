@@ -4,24 +4,19 @@ One fresh DVC project whose rounds mix algorithms: d1 (dpo from SFT) -> p3 (ppo)
 SFT) and rf (raft from SFT). The Prefect pipeline flow runs it (under ``prefect_test_harness``); `dvc repro` must
 then have nothing left to do. Asserted: each round ran only the stages its algorithm needs; PPO from SFT raises
 the held-out gold reward and keeps KL to the reference under its limit; RAFT trains on the best samples and
-raises gold too; a PPO stage killed (SIGKILL) after a checkpoint resumes from it and writes the same policy as
-the uninterrupted run.
+raises gold too; a PPO and a RAFT stage killed (SIGKILL of `dvc repro` and the stage) after a checkpoint resume from
+it and write the same policy as the uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from _project import flow_env, init_project, project_env, read, sh
+from _project import flow_env, init_project, kill_during, read, sh
 
 pytestmark = pytest.mark.in_file_order  # one scenario over one shared project (see the module docstring)
 
@@ -38,7 +33,7 @@ PARAMS = {
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 16, "ref": "prev"},
     "ppo": {"iterations": 12, "rollout_prompts": 48, "max_new_tokens": 24, "kl_limit": KL_LIMIT,
             "checkpoint_every": 2},
-    "raft": {"k": 1, "lr": 0.0005, "epochs": 2, "batch_size": 16},
+    "raft": {"k": 1, "lr": 0.0005, "epochs": 2, "batch_size": 16, "checkpoint_every": 4},  # killable mid-run
     "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4, "temperature": 1.0},  # its samples double as KL samples
     "registry": {"enabled": False},
     "orchestration": {"retries": 0},
@@ -116,34 +111,45 @@ def test_raft_fine_tunes_on_the_best_samples(project):
     assert rf["gold_reward"] > sft["gold_reward"]
 
 
-def test_killed_ppo_stage_resumes_from_its_checkpoint_with_the_same_result(project):
-    policy = project / "data/rounds/ps/policy/model.safetensors"
-    uninterrupted = policy.read_bytes()
-    ckpt_root = project / ".alignloop/ckpt/ps"
-    cmd = [sys.executable, "-m", "alignloop.pipeline.stages.ppo", "--round", "ps"]
-    proc = subprocess.Popen(cmd, cwd=project, env=project_env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            # Only finished checkpoints: a hidden ".<name>.tmp-*" sibling is one being written (io.atomic_dir).
-            states = [p for p in ckpt_root.glob("*/state.pt") if not p.parent.name.startswith(".")]
-            if states:
-                import torch
+def _ppo_iteration_at_least(n: int):
+    """A finished PPO checkpoint of iteration >= n (a hidden ".<name>.tmp-*" sibling is one being written)."""
+    def ready(root: Path, log: str) -> bool:
+        import torch
 
-                if torch.load(states[0], weights_only=True)["iteration"] >= 4:
-                    break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the stage finished before it could be killed (raise ppo.iterations)"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert policy.read_bytes() == uninterrupted  # the killed run never touched the finished output
-    out = sh(cmd, project).stdout
-    assert "resumed from iteration" in out, out
-    resumed_at = int(out.split("resumed from iteration ")[1].split()[0])
-    assert 4 <= resumed_at < PARAMS["ppo"]["iterations"]
+        states = [p for p in root.glob(".alignloop/ckpt/ps/*/state.pt") if not p.parent.name.startswith(".")]
+        try:
+            return bool(states) and torch.load(states[0], weights_only=True)["iteration"] >= n
+        except (OSError, RuntimeError, EOFError):  # replaced between the glob and the read: look again
+            return False
+    return ready
+
+
+@pytest.mark.parametrize("stage,ready,output,resumed,ckpt", [
+    ("ppo_ps", _ppo_iteration_at_least(4), "data/rounds/ps/policy", r"ppo ps: resumed from iteration (\d+)",
+     ".alignloop/ckpt/ps"),
+    ("raft_rf", lambda root, log: any(root.glob(".alignloop/ckpt/raft_rf/*/checkpoint-4/COMPLETE")),
+     "data/rounds/rf/policy", r"raft rf: resuming from \S+checkpoint-(\d+)", ".alignloop/ckpt/raft_rf"),
+], ids=["ppo", "raft"])
+def test_a_stage_killed_under_dvc_repro_resumes_from_its_checkpoint_with_the_same_policy(project, stage, ready, output,
+                                                                                         resumed, ckpt):
+    """SIGKILL `dvc repro -f -s <stage>` (dvc and the stage) after a finished checkpoint; the rerun resumes from it
+    and saves the uninterrupted policy byte for byte; nothing else reruns afterwards."""
+    import re
+
+    policy = project / output / "model.safetensors"
+    uninterrupted = policy.read_bytes()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    kill_during(project, stage, ready)
+    assert not policy.exists() or policy.read_bytes() == uninterrupted  # never a partial policy
+    out = sh(["dvc", "repro", "--force", "--single-item", stage], project)
+    m = re.search(resumed, out.stdout + out.stderr)
+    assert m, (out.stdout + out.stderr)[-3000:]
+    if stage == "ppo_ps":
+        assert 4 <= int(m.group(1)) < PARAMS["ppo"]["iterations"]
     assert policy.read_bytes() == uninterrupted  # same seed, same checkpointed state: the same policy
-    assert not ckpt_root.exists()  # cleaned up once the policy is saved
+    after = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert [o for o in after[stage]["outs"] if o["path"] == output] == \
+        [o for o in lock[stage]["outs"] if o["path"] == output]
+    assert not (project / ckpt).exists()  # cleaned up once the policy is saved
+    rest = sh(["dvc", "repro"], project).stdout
+    assert "Running stage" not in rest, rest
