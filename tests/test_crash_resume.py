@@ -37,11 +37,12 @@ PARAMS = {
     # Small batches and frequent checkpoints: a kill lands after a checkpoint and well before the end. Checkpoints
     # on multiples of the Trainer's 5-step logging interval, so even the logged losses match (a resume mid-window
     # would log the average of the window's remaining steps only).
-    "sft": {"epochs": 3, "lr": 0.004, "batch_size": 8, "checkpoint_every": 5},
+    # One or two epochs: the models' quality does not matter here, only that a rerun reproduces them (suite time).
+    "sft": {"epochs": 2, "lr": 0.004, "batch_size": 8, "checkpoint_every": 5},
     # Two members: the kill lands in member 1, so the rerun must not retrain member 0.
-    "reward_model": {"epochs": 2, "lr": 0.001, "batch_size": 8, "checkpoint_every": 5, "ensemble": 2},
+    "reward_model": {"epochs": 1, "lr": 0.001, "batch_size": 8, "checkpoint_every": 5, "ensemble": 2},
     "generate": {"n": 4, "max_new_tokens": 16, "batch_size": 8},
-    "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 4, "checkpoint_every": 5},
+    "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 1, "batch_size": 4, "checkpoint_every": 5},
     "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2, "kl_samples_per_prompt": 2, "temperature": 1.0},
     "registry": {"enabled": False},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft"}},
