@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from _out import write_result  # noqa: E402
 from _scratch import run_round, run_stage, scratch_copy, set_params  # noqa: E402
+from alignloop.core import files  # noqa: E402
 from alignloop.core.metrics import bootstrap_ci, mean, nested_bootstrap_ci, win_outcomes  # noqa: E402
 from alignloop.pipeline import layout  # noqa: E402
 
@@ -40,8 +41,7 @@ SKIP = ("register_", "report", "llm_judge_")  # not part of the comparison; the 
 def by_prompt(work: Path, policy: str) -> dict:
     """{prompt_id: {sample_idx: gold reward}} of a policy's evaluation samples."""
     out: dict = {}
-    for line in (work / layout.eval_paths(policy)[1]).read_text().splitlines():
-        r = json.loads(line)
+    for r in files.read_jsonl(work / layout.eval_paths(policy)[1], files.validate_sample, id_key=files.SAMPLE_KEY):
         out.setdefault(r["prompt_id"], {})[r["sample_idx"]] = r["gold_reward"]
     return out
 

@@ -309,14 +309,15 @@ def iter_jsonl(path: str | Path, fix_missing: str = "run the stage that produces
 SAMPLE_KEY = ("prompt_id", "sample_idx")  # what identifies a row of samples and scores files
 
 
-def split_rows(path: str | Path, validate: Validator, *, id_key: str | tuple[str, ...] | None = "id"
+def split_rows(path: str | Path, validate: Validator, *, id_key: str | tuple[str, ...] | None = "id",
+               fix_missing: str = "run the stage that produces it, e.g. `dvc repro`"
                ) -> tuple[list[dict], list[BadRow]]:
     """Read a JSONL file into (good rows, bad rows). Rows repeating an earlier row's ``id_key`` (a field, or a
-    tuple of fields such as SAMPLE_KEY) are bad rows."""
+    tuple of fields such as SAMPLE_KEY) are bad rows. ``fix_missing``: the fix a missing file's error gives."""
     good: list[dict] = []
     bad: list[BadRow] = []
     seen: dict[Any, int] = {}
-    for line_no, raw, row, err in iter_jsonl(path):
+    for line_no, raw, row, err in iter_jsonl(path, fix_missing):
         if err is None:
             err = validate(row)
         if err is None and id_key is not None:

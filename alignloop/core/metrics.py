@@ -65,11 +65,14 @@ def bootstrap_ci(values: Sequence[float], *, stat=None, groups: Sequence | None 
     for _ in range(resamples):
         pick = [clusters[rng.randrange(len(clusters))] for _ in clusters]
         stats.append(stat([v for c in pick for v in c]))
-    stats.sort()
-    alpha = (1 - level) / 2
-    lo = stats[max(0, math.floor(alpha * resamples))]
-    hi = stats[min(resamples - 1, math.ceil((1 - alpha) * resamples) - 1)]
-    return float(lo), float(hi)
+    return _percentile_interval(stats, level)
+
+
+def _percentile_interval(stats: list[float], level: float) -> tuple[float, float]:
+    """The (low, high) percentiles of bootstrap statistics that bound the central ``level`` share."""
+    stats = sorted(stats)
+    n, alpha = len(stats), (1 - level) / 2
+    return float(stats[max(0, math.floor(alpha * n))]), float(stats[min(n - 1, math.ceil((1 - alpha) * n) - 1)])
 
 
 def nested_bootstrap_ci(units: Sequence[Sequence[float]], *, resamples: int = 2000, level: float = 0.95,
@@ -91,11 +94,8 @@ def nested_bootstrap_ci(units: Sequence[Sequence[float]], *, resamples: int = 20
     for _ in range(resamples):
         picked = [units[rng.randrange(len(units))] for _ in units]
         stats.append(mean_([mean_([u[rng.randrange(len(u))] for _ in u]) for u in picked]))
-    stats.sort()
-    alpha = (1 - level) / 2
-    lo = stats[max(0, math.floor(alpha * resamples))]
-    hi = stats[min(resamples - 1, math.ceil((1 - alpha) * resamples) - 1)]
-    return float(mean_([mean_(u) for u in units])), float(lo), float(hi)
+    lo, hi = _percentile_interval(stats, level)
+    return float(mean_([mean_(u) for u in units])), lo, hi
 
 
 def win_outcomes(a: Sequence[float], b: Sequence[float]) -> list[float]:

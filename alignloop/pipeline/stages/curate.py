@@ -31,7 +31,6 @@ from alignloop.core.files import (
     RAW_SHOWN,
     BadRow,
     DataError,
-    check_readable,
     atomic_dir,
     iter_jsonl,
     split_rows,
@@ -214,8 +213,9 @@ def _limit(items: Iterable, max_rows: int | None) -> Iterator:
 
 def read_jsonl_source(data: DataConfig) -> tuple[list[dict], list[BadRow]]:
     """Pairs from a local JSONL file in a hub shape (``data.path``) through ``data.adapter``."""
-    path = check_readable(data.path, "set data.path in params.yaml to an existing .jsonl file")
-    good, bad = adapt_rows(_limit(iter_jsonl(path), data.max_rows), str(path), data.adapter, f"jsonl:{path.name}")
+    path = Path(data.path)
+    rows = iter_jsonl(path, "set data.path in params.yaml to an existing .jsonl file")  # which checks the path
+    good, bad = adapt_rows(_limit(rows, data.max_rows), str(path), data.adapter, f"jsonl:{path.name}")
     _require_rows(str(path), good, bad)
     return good, bad
 
@@ -267,9 +267,9 @@ def read_extra_eval_prompts(path: str) -> tuple[list[dict], list[BadRow]]:
     Each gets a content-hash id (prefix 'x'), so it cannot collide with the source's ids; its own id, if any,
     is kept as meta.source_id.
     """
-    p = check_readable(path, "set curate.extra_eval_prompts in params.yaml to an existing .jsonl file of "
-                             "{\"prompt\": ...} rows, or to null")
-    good, bad = split_rows(p, validate_prompt_text, id_key=None)
+    good, bad = split_rows(path, validate_prompt_text, id_key=None,
+                           fix_missing="set curate.extra_eval_prompts in params.yaml to an existing .jsonl file of "
+                           "{\"prompt\": ...} rows, or to null")
     _require_rows(path, good, bad)
     rows = []
     for r in good:
