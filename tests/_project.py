@@ -25,8 +25,10 @@ def project_env(root: Path) -> dict:
             "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONPATH": str(root)}
 
 
-def sh(args: list[str], cwd: Path, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=project_env(cwd), capture_output=True, text=True, timeout=timeout)
+def sh(args: list[str], cwd: Path, check: bool = True, timeout: int = 1200,
+       env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env={**project_env(cwd), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

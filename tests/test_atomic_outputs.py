@@ -165,3 +165,43 @@ def test_killed_writer_leaves_only_a_hidden_temp_sibling(tmp_path, helper):
     else:
         assert final.is_dir() and not list(final.iterdir())
     assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p != final)
+    # The next write of the same output removes what the killed writer left; a live writer's temp file stays.
+    live = tmp_path / f".{final.name}.tmp-{os.getpid()}-live"
+    live.write_text("a live writer's")
+    with getattr(__import__("alignloop.core.files", fromlist=["x"]), helper)(final) as t:
+        (t / "new").write_text("y") if helper == "atomic_dir" else t.write("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name, live.name])
+
+
+@pytest.mark.parametrize("writer,target", [("write_jsonl", "out.jsonl"), ("write_json", "out.json"),
+                                           ("atomic_dir", "model")])
+def test_the_failpoint_kills_the_writer_mid_write(tmp_path, writer, target):
+    """ALIGNLOOP_FAILPOINT=<path suffix> SIGKILLs the writing process in the middle of that output (the crash tests'
+    kill for stages too short to time a kill): one row / half the JSON in the temp sibling, the final name
+    untouched. Other outputs are written normally."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    final = tmp_path / target
+    body = {"write_jsonl": f"files.write_jsonl(final, [{{'id': i}} for i in range(5)])",
+            "write_json": "files.write_json(final, {'a': list(range(20)), 'b': 'x'})",
+            "atomic_dir": "with files.atomic_dir(final) as t:\n    (t / 'w.safetensors').write_bytes(b'w')"}[writer]
+    code = (f"from pathlib import Path\nfrom alignloop.core import files\n"
+            f"files.write_json(Path({str(tmp_path)!r}) / 'other.json', {{'ok': 1}})\n"
+            f"final = Path({str(final)!r})\n{body}\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "ALIGNLOOP_FAILPOINT": f"{tmp_path.name}/{target}"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert f"failpoint {tmp_path.name}/{target}: SIGKILL while writing" in proc.stderr
+    assert not final.exists() and (tmp_path / "other.json").exists()
+    (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith(f".{target}.tmp-")]
+    if writer == "write_jsonl":
+        assert tmp.read_text() == '{"id": 0}\n'
+    elif writer == "write_json":
+        whole = json.dumps({"a": list(range(20)), "b": "x"}, indent=2, sort_keys=True) + "\n"
+        assert tmp.read_text() == whole[: len(whole) // 2]  # half of it
+    else:
+        assert [p.name for p in tmp.iterdir()] == ["w.safetensors"]

@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,6 @@ PARAMS = {
     "generate": {"n": 4, "max_new_tokens": 16, "batch_size": 8},
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 1, "batch_size": 4, "checkpoint_every": 5},
     "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2, "kl_samples_per_prompt": 2, "temperature": 1.0},
-    "registry": {"enabled": False},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft"}},
 }
 
@@ -72,9 +72,27 @@ def progress(desc: str):
     return lambda root, log: any(int(m) < 100 for m in bar.findall(log)) and not final.search(log)
 
 
-# (stage, when to kill it, what the rerun prints when it resumes instead of restarting). Not here: score, which on
-# this project scores its 372 samples in ~0.15 s per member, too short a window to kill mid-work without a race.
+class Failpoint(str):
+    """Kill at a failpoint (alignloop.core.files.failpoint): the stage SIGKILLs itself half-way through writing the
+    output whose path ends with this string. For stages whose work takes a fraction of a second on this project,
+    where a timed kill would race the stage's end. ``temp`` globs the temporary sibling the writer was filling."""
+
+    def __new__(cls, target: str, temp: str):
+        self = super().__new__(cls, target)
+        self.temp = temp
+        return self
+
+
+# (stage, when to kill it, what the rerun prints when it resumes instead of restarting: the stages killed at a
+# failpoint do their work again from the start; register finds the version the killed run created).
 CASES = [
+    ("curate", Failpoint("/sft.jsonl", "data/.curated.tmp-*/.sft.jsonl.tmp-*"), None),
+    ("base", Failpoint("data/models/base", "data/models/.base.tmp-*/model.safetensors"), None),
+    ("score_r1", Failpoint("data/rounds/r1/scores.jsonl", "data/rounds/r1/.scores.jsonl.tmp-*"), None),
+    ("pairs_r1", Failpoint("data/rounds/r1/pairs.jsonl", "data/rounds/r1/.pairs.jsonl.tmp-*"), None),
+    ("register_r1", Failpoint("data/rounds/r1/registry.json", "data/rounds/r1/.registry.json.tmp-*"),
+     "version 1 (existing)"),
+    ("report", Failpoint("data/report/summary.json", "data/report/.summary.json.tmp-*"), None),
     ("sft", complete_checkpoint("sft/*"), "sft: resuming from"),
     ("reward_model", complete_checkpoint("reward_model/seed1/*"),
      ("reward_model seed 0: resuming from", "reward_model seed 1: resuming from")),
@@ -90,6 +108,12 @@ def outs_of(root: Path, lock: dict, stage: str) -> dict[str, str]:
     declared = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage].get("outs", [])
     names = {next(iter(o)) if isinstance(o, dict) else o for o in declared}
     return {o["path"]: o["md5"] for o in lock["stages"][stage].get("outs", []) if o["path"] in names}
+
+
+def uncached(root: Path, stage: str) -> set[str]:
+    """Outputs declared `cache: false` (register's record): git keeps their previous version, not DVC."""
+    declared = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage].get("outs", [])
+    return {next(iter(o)) for o in declared if isinstance(o, dict) and next(iter(o.values())).get("cache") is False}
 
 
 def status_paths(text: str) -> set[str]:
@@ -126,7 +150,14 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, 
     reference = yaml.safe_load((project / "dvc.lock").read_text())
     ref_metrics = metrics_of(project, reference, stage)
     ref_content = {path: content_hash(project / path) for path in outs_of(project, reference, stage)}
-    kill_during(project, stage, ready)
+    if isinstance(ready, Failpoint):
+        proc = sh(["dvc", "repro", "--force", "--single-item", stage], project, check=False,
+                  env={"ALIGNLOOP_FAILPOINT": ready})
+        log = proc.stdout + proc.stderr
+        assert proc.returncode != 0, log[-3000:]
+        assert f"failpoint {ready}: SIGKILL while writing" in log, log[-3000:]  # the kill landed where it was meant to
+    else:
+        kill_during(project, stage, ready)
 
     # Nothing partial is taken as complete: DVC sees the stage as not done, and no output holds other content.
     status = sh(["dvc", "status", stage], project).stdout
@@ -135,6 +166,8 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, 
         p = project / path
         assert not p.exists() or content_hash(p) == digest, f"{path} is partial"
     assert yaml.safe_load((project / "dvc.lock").read_text()) == reference  # the lock still describes the old run
+    if isinstance(ready, Failpoint):  # ... and it was killed in the middle of the work: its temp file holds part of it
+        assert [p for p in project.glob(ready.temp) if p.stat().st_size > 0], f"no partial {ready.temp}"
 
     # Nothing is lost: the interrupted stage's previous outputs are in DVC's cache (its uncached metrics files are
     # tracked by git in a real project, and are rewritten by the rerun).
@@ -142,7 +175,7 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, 
     subprocess.run(["cp", "-a", str(project), str(cached)], check=True)
     sh(["dvc", "checkout", "--force", stage], cached)
     status = sh(["dvc", "status", stage], cached).stdout
-    assert not set(outs_of(project, reference, stage)) & status_paths(status), status
+    assert not (set(outs_of(project, reference, stage)) - uncached(project, stage)) & status_paths(status), status
 
     # Rerunning the killed command resumes (where the stage can) and reproduces the uninterrupted outputs byte for
     # byte. (Plain `dvc repro` would not even run the stage here: its inputs match the reference run in dvc.lock, so
@@ -158,6 +191,10 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, 
         assert m and "{'loss': " not in member0, f"member 0 was retrained after the kill:\n{member0[-3000:]}"
         rm = json.loads((project / "data/models/rm.metrics.json").read_text())
         assert rm["train_tokens"] == 0 < rm["member1_train_tokens"]  # member 0 trained nothing, member 1 the rest
+    if stage.startswith("register_"):  # the killed run's version was found, not registered again
+        versions = sh([sys.executable, "-c", "from alignloop.pipeline import registry; "
+                       "print([v['version'] for v in registry.versions('crash-policy')])"], project).stdout
+        assert versions.strip() == "['1']", versions
     # Nothing else reruns: the rerun's metrics file differs only in runtime fields, and no stage reads one (evaluate
     # reads the reward model's held-out accuracy from rm.heldout.json, which depends on the weights alone).
     out = sh(["dvc", "repro"], project).stdout
@@ -167,3 +204,5 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, 
         assert outs_of(project, after, s) == outs_of(project, reference, s), f"{s}'s outputs differ after the killed {stage} was rerun"
     assert metrics_of(project, after, stage) == ref_metrics
     assert not list(project.glob(".alignloop/ckpt/*/*")), "checkpoints are deleted once the output is saved"
+    if isinstance(ready, Failpoint):  # the rerun's writer removed what the killed one left
+        assert not list(project.glob(ready.temp)), f"{ready.temp} left behind"

@@ -46,10 +46,19 @@ def project(tmp_path, monkeypatch):
 
 
 def register(round_name: str) -> dict:
+    """Run the register stage; its record, plus `created`: whether this run created the version (the stage prints it;
+    the record leaves it out so that a rerun writes the same record)."""
+    import contextlib
+    import io
+
     from alignloop.pipeline.stages.register import main
 
-    assert main(["--round", round_name]) == 0
-    return json.loads(Path(f"data/rounds/{round_name}/registry.json").read_text())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--round", round_name]) == 0
+    rec = json.loads(Path(f"data/rounds/{round_name}/registry.json").read_text())
+    assert "created" not in rec and "source" not in rec
+    return {**rec, "created": f"version {rec['version']} (new)" in out.getvalue()}
 
 
 def test_rounds_register_versions_with_tags_aliases_and_gate(project):
@@ -155,7 +164,8 @@ def test_log_weights_uploads_them_as_artifacts(project):
     params["registry"]["log_weights"] = True
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     rec = register("r1")
-    assert rec["source"].endswith("/policy") and "mlartifacts" in rec["source"]
+    source = registry.client().get_model_version("reg-policy", rec["version"]).source
+    assert source.endswith("/policy") and "mlartifacts" in source
     path = registry.resolve("models:/reg-policy@champion")
     assert (Path(path) / "model.safetensors").read_bytes() == b"weights of r1"
     assert not path.startswith(str(project / "data"))

@@ -87,7 +87,7 @@ def _trainer(out: Path, stop_at: int | None = None):
     torch.manual_seed(0)
     model = Tiny()
     args = TrainingArguments(output_dir=str(out), max_steps=10, save_steps=5, save_strategy="steps",
-                             per_device_train_batch_size=4, learning_rate=0.05, logging_steps=5, report_to=[],
+                             per_device_train_batch_size=4, learning_rate=0.05, logging_steps=1, report_to=[],
                              use_cpu=True, seed=0, remove_unused_columns=False,
                              disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=data)
@@ -107,12 +107,17 @@ def _weights(trainer) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
+def _curve(trainer) -> list[tuple[int, float]]:
+    """The loss logged at every step (logging_steps=1): the resumed run's history is the checkpoint's plus its own."""
+    return [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     trainer, steps = _trainer(tmp_path_factory.mktemp("ref"))
     train_resumable(trainer, "ref")
     assert steps == list(range(1, 11))
-    return _weights(trainer)
+    return _weights(trainer), _curve(trainer)
 
 
 def test_a_killed_trainer_resumes_from_its_marked_checkpoint_to_the_uninterrupted_weights(tmp_path, capsys, reference):
@@ -125,7 +130,11 @@ def test_a_killed_trainer_resumes_from_its_marked_checkpoint_to_the_uninterrupte
     train_resumable(trainer, "t")
     assert f"t: resuming from {tmp_path / 'checkpoint-5'}" in capsys.readouterr().out
     assert steps == [6, 7, 8, 9, 10]  # continued, not restarted
-    assert torch.allclose(_weights(trainer), reference, atol=1e-6)
+    assert torch.allclose(_weights(trainer), reference[0], atol=1e-6)
+    # The whole loss curve, step by step, not only its ends: the data order and RNG came back with the checkpoint.
+    curve = _curve(trainer)
+    assert [s for s, _ in curve] == [s for s, _ in reference[1]] == list(range(1, 11))
+    assert [v for _, v in curve] == pytest.approx([v for _, v in reference[1]], abs=1e-6)
     assert (tmp_path / "checkpoint-10" / COMPLETE).is_file()  # the last step is checkpointed too
 
 
@@ -140,7 +149,7 @@ def test_an_unmarked_checkpoint_is_not_resumed_from(tmp_path, capsys, reference)
     train_resumable(trainer, "t")
     assert "resuming" not in capsys.readouterr().out
     assert steps == list(range(1, 11))  # restarted from step 0, ignoring the broken folder
-    assert torch.allclose(_weights(trainer), reference, atol=1e-6)
+    assert torch.allclose(_weights(trainer), reference[0], atol=1e-6)
 
 
 def test_the_marker_is_written_only_by_a_save(monkeypatch, tmp_path):

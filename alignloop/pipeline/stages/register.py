@@ -98,8 +98,11 @@ def run(params, args) -> None:
         run.log_metrics({"promoted": float(promote), "version": float(result["version"])})
     champion_after = ({"round": r, "version": result["version"], "path": policy, "metrics": candidate} if promote
                       else champion)
-    record = {**decision, "model_name": name, "version": result["version"], "created": result["created"],
-              "policy": {"path": policy, "md5": md5}, "source": source, "metrics": candidate,
+    # Neither whether this execution created the version nor the weights' absolute path or artifact URI (the version's
+    # `source` in MLflow): a rerun after a kill finds the version the killed one created, another clone has another
+    # path, and the record must come out byte-identical (tests/test_crash_resume.py checks it).
+    record = {**decision, "model_name": name, "version": result["version"],
+              "policy": {"path": policy, "md5": md5}, "metrics": candidate,
               "champion_after": champion_after, "candidate_uri": f"models:/{name}/{result['version']}"}
     files.write_json(registry_record(r), record)
     verdict = "promoted to champion" if promote else f"stays candidate (champion: {champion['round']})"
