@@ -3,7 +3,8 @@ embedded task's gold reward (so agreement with gold is known), over HTTP the off
 
 Knobs for the failure paths: ``key`` (401 unless the Bearer token matches), ``fail_first`` requests answered with
 ``fail_status`` before the real answers (retries), ``garbage`` (answers that name no response), ``first_bias``
-(share of judgments answered "1" whatever the texts: a position-biased judge).
+(share of judgments answered "1" whatever the texts: a position-biased judge), ``delay_s`` (seconds before each
+answer: a slow endpoint, so a judging stage can be killed part-way).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from alignloop.core.synthetic import gold_reward
@@ -21,8 +23,9 @@ _PAIR = re.compile(r"## Instruction\n(.*?)\n\n## Response 1\n(.*?)\n\n## Respons
 
 class GoldJudgeServer:
     def __init__(self, *, model: str = "gold-judge", key: str | None = None, fail_first: int = 0,
-                 fail_status: int = 429, garbage: bool = False, first_bias: float = 0.0):
+                 fail_status: int = 429, garbage: bool = False, first_bias: float = 0.0, delay_s: float = 0.0):
         self.model, self.key, self.fail_first, self.fail_status = model, key, fail_first, fail_status
+        self.delay_s = delay_s
         self.garbage, self.first_bias = garbage, first_bias
         self.requests = 0  # chat completion requests received, failed ones included
         self.answered = 0  # of them answered with a verdict
@@ -93,6 +96,7 @@ class GoldJudgeServer:
                 if n <= server.fail_first:
                     return self._send(server.fail_status, {"error": {"message": "try again"}}, {"Retry-After": "0"})
                 answer = server.verdict(body["messages"][-1]["content"])
+                time.sleep(server.delay_s)
                 with server._lock:
                     server.answered += 1
                 self._send(200, {

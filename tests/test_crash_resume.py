@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,12 @@ PARAMS = {
     "generate": {"n": 4, "max_new_tokens": 16, "batch_size": 8},
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 1, "batch_size": 4, "checkpoint_every": 5},
     "evaluate": {"max_new_tokens": 16, "samples_per_prompt": 2, "kl_samples_per_prompt": 2, "temperature": 1.0},
+    # An LLM judge on a slow local endpoint (tests/_judge_server.py, 50 ms an answer, one call at a time): the judging
+    # stage lasts long enough to be killed part-way through its calls.
+    "llm_judge": {"enabled": True, "model": "gold-judge", "api_key_env": None, "max_prompts": 8, "concurrency": 1},
     "rounds": {"r1": {"algo": "dpo", "prev": "sft"}},
 }
+JUDGE_CACHE = ".alignloop/llm_judge_cache/*/*.json"  # one file per verdict received
 
 
 def is_timing(key: str) -> bool:
@@ -62,6 +67,10 @@ def complete_checkpoint(pattern: str):
 
 def cached_batch(root: Path, log: str) -> bool:
     return any(not p.name.startswith(".") for p in root.glob(".alignloop/shards/r1/*/b*.jsonl"))
+
+
+def verdicts(root: Path, log: str) -> bool:
+    return len(list(root.glob(JUDGE_CACHE))) >= 2
 
 
 def progress(desc: str):
@@ -99,6 +108,8 @@ CASES = [
     ("generate_r1", cached_batch, "merged"),
     ("dpo_r1", complete_checkpoint("dpo_r1/*"), "dpo r1: resuming from"),
     ("evaluate_r1", progress("evaluate r1"), None),
+    # Its cache is emptied first; the rerun asks only for the verdicts the killed run had not received.
+    ("llm_judge_r1", verdicts, None),
 ]
 
 
@@ -129,8 +140,17 @@ def metrics_of(root: Path, lock: dict, stage: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = init_project(tmp_path_factory.mktemp("crash"), PARAMS)
+def judge():
+    from _judge_server import GoldJudgeServer
+
+    with GoldJudgeServer(delay_s=0.05) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, judge) -> Path:
+    params = {**PARAMS, "llm_judge": {**PARAMS["llm_judge"], "base_url": judge.base_url}}
+    root = init_project(tmp_path_factory.mktemp("crash"), params)
     sh(["dvc", "repro"], root)
     return root
 
@@ -146,8 +166,11 @@ def content_hash(p: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,ready,resumed", CASES, ids=[c[0] for c in CASES])
-def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, resumed):
+def test_killed_stage_reruns_to_the_uninterrupted_result(project, judge, stage, ready, resumed):
     reference = yaml.safe_load((project / "dvc.lock").read_text())
+    if stage.startswith("llm_judge"):
+        verdicts_in_full = len(list(project.glob(JUDGE_CACHE)))
+        shutil.rmtree(project / ".alignloop/llm_judge_cache")
     ref_metrics = metrics_of(project, reference, stage)
     ref_content = {path: content_hash(project / path) for path in outs_of(project, reference, stage)}
     if isinstance(ready, Failpoint):
@@ -181,8 +204,13 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, stage, ready, 
     # byte. (Plain `dvc repro` would not even run the stage here: its inputs match the reference run in dvc.lock, so
     # DVC restores that run's outputs from its cache — the usual case after a kill is a stage with new inputs, which
     # `dvc repro` runs and which then resumes the same way.)
+    if stage.startswith("llm_judge"):
+        received, asked = len(list(project.glob(JUDGE_CACHE))), judge.requests
+        assert 0 < received < verdicts_in_full, (received, verdicts_in_full)
     out = sh(["dvc", "repro", "--force", "--single-item", stage], project)
     text = out.stdout + out.stderr
+    if stage.startswith("llm_judge"):  # the verdicts received before the kill are not asked for again
+        assert judge.requests - asked == verdicts_in_full - received, (judge.requests - asked, verdicts_in_full, received)
     for line in (resumed,) if isinstance(resumed, str) else resumed or ():
         assert line in text, text[-3000:]
     if stage == "reward_model":  # member 0 was finished when member 1 was killed: it resumes at its last step

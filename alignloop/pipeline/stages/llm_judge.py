@@ -115,14 +115,17 @@ def run(params, args) -> None:
         cached += sum(g.cached for g in got)
     if any(v is not None for v in verdicts):
         metrics["llm_first_position_rate"] = first_position_rate(verdicts)
-    metrics.update({"llm_judgments": len(verdicts), "llm_unparsed": verdicts.count(None), "llm_cached": cached,
-                    "llm_calls": judge.calls})
+    metrics.update({"llm_judgments": len(verdicts), "llm_unparsed": verdicts.count(None)})
+    # How many calls this execution made and how many the cache answered go to the log and the MLflow run, not the
+    # metrics file: register and report read that file, and a rerun after a kill (or answered from the cache) must
+    # write the same bytes, or DVC would rerun them for nothing.
     files.write_json(layout.llm_judge_metrics(name), metrics)
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
     print(f"llm_judge {name}: {shown}; {judge.calls} calls, {cached} answered from the cache")
     logged = {k: v for k, v in cfg.model_dump().items() if k != "template"}  # the key is never in params at all
     with stage_run(params.experiment, "llm_judge", {"llm_judge": logged}, name) as run:
-        run.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
+        run.log_metrics({**{k: v for k, v in metrics.items() if not isinstance(v, str)},
+                         "llm_calls": judge.calls, "llm_cached": cached})
 
 
 def main(argv=None) -> int:
