@@ -219,6 +219,9 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, judge, stage, 
         assert m and "{'loss': " not in member0, f"member 0 was retrained after the kill:\n{member0[-3000:]}"
         rm = json.loads((project / "data/models/rm.metrics.json").read_text())
         assert rm["train_tokens"] == 0 < rm["member1_train_tokens"]  # member 0 trained nothing, member 1 the rest
+    # The killed execution's MLflow run is not left RUNNING: the rerun closed it as KILLED.
+    states = [r.info.status for r in stage_runs(project, stage)]
+    assert "RUNNING" not in states and "KILLED" in states and states[-1] == "FINISHED", states
     if stage.startswith("register_"):  # the killed run's version was found, not registered again
         versions = sh([sys.executable, "-c", "from alignloop.pipeline import registry; "
                        "print([v['version'] for v in registry.versions('crash-policy')])"], project).stdout
@@ -234,3 +237,30 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(project, judge, stage, 
     assert not list(project.glob(".alignloop/ckpt/*/*")), "checkpoints are deleted once the output is saved"
     if isinstance(ready, Failpoint):  # the rerun's writer removed what the killed one left
         assert not list(project.glob(ready.temp)), f"{ready.temp} left behind"
+
+
+def stage_runs(root: Path, stage: str) -> list:
+    """The MLflow runs of ``stage`` in the project's store, oldest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name(PARAMS["experiment"])
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.dvc_stage = '{stage}'", max_results=1000)
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+@pytest.mark.slow
+def test_every_stage_run_is_tagged_with_the_inputs_dvc_lock_records(project):
+    """Each stage's latest run carries, as `dvc_dep.<path>`, the DVC md5 of every input it read — computed when the
+    stage started, equal to what DVC wrote into dvc.lock after it exited (not the previous execution's entry)."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    checked = 0
+    for stage, entry in lock.items():
+        if stage == "resolve":  # renders params for the others; opens no run
+            continue
+        finished = [r for r in stage_runs(project, stage) if r.info.status == "FINISHED"]
+        assert finished, f"no finished run of {stage}"
+        tags = {k[len("dvc_dep."):]: v for k, v in finished[-1].data.tags.items() if k.startswith("dvc_dep.")}
+        assert tags == {d["path"]: d["md5"] for d in entry["deps"]}, stage
+        checked += 1
+    assert checked >= 12

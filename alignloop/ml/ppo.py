@@ -223,8 +223,10 @@ def prompt_schedule(num_prompts: int, batch: int, iteration: int, seed: int) -> 
     return out
 
 
-def train(trainer: PPOTrainer, prompts: list, cfg, ckpt_dir: Path | None, log=print) -> dict:
-    """Run iterations from the trainer's current one to ``cfg.iterations`` with checkpoints and the KL guard."""
+def train(trainer: PPOTrainer, prompts: list, cfg, ckpt_dir: Path | None, log=print, on_iteration=None) -> dict:
+    """Run iterations from the trainer's current one to ``cfg.iterations`` with checkpoints and the KL guard.
+    ``on_iteration(stats, iteration)``, if given, gets each iteration's statistics as it finishes (the stage streams
+    them into its MLflow run)."""
     bar = tqdm(total=cfg.iterations, initial=trainer.iteration, desc="ppo", unit="iter")
     while trainer.iteration < cfg.iterations:
         idx = prompt_schedule(len(prompts), cfg.rollout_prompts, trainer.iteration, trainer.seed)
@@ -235,6 +237,8 @@ def train(trainer: PPOTrainer, prompts: list, cfg, ckpt_dir: Path | None, log=pr
             log(f"ppo: stopping at iteration {trainer.iteration}: {trainer.stopped}; keeping the last policy under it")
             break
         bar.update(1)
+        if on_iteration is not None:
+            on_iteration({k: v for k, v in out.items() if k != "iteration"}, out.get("iteration", trainer.iteration))
         bar.set_postfix(score=f"{out['score']:.3f}", kl=f"{out['kl_to_ref']:.2f}")
         if ckpt_dir is not None and cfg.checkpoint_every and trainer.iteration % cfg.checkpoint_every == 0:
             trainer.save(ckpt_dir)

@@ -43,12 +43,13 @@ def last_complete_checkpoint(path: Path) -> Path | None:
     return max(done, key=lambda c: int(c.name.rsplit("-", 1)[1]), default=None)
 
 
-def train_resumable(trainer, label: str):
+def train_resumable(trainer, label: str, log=None):
     """``trainer.train()``, resumed from the last complete checkpoint in ``trainer.args.output_dir`` if there is one.
 
     The Trainer restores weights, optimiser, scheduler, RNG state and the data position, so a resumed run continues
     the interrupted one instead of restarting it. A checkpoint folder counts only once its COMPLETE marker exists: a
-    kill while the Trainer writes one leaves an unmarked folder that is ignored.
+    kill while the Trainer writes one leaves an unmarked folder that is ignored. ``log(logs, step)``, if given, gets
+    every dict the Trainer logs as it logs it (the stage streams them into its MLflow run: curves while training).
     """
     from transformers import TrainerCallback
 
@@ -58,6 +59,11 @@ def train_resumable(trainer, label: str):
             # resumes with nothing left to train (matters for reward-model ensembles, trained one after another).
             if args.save_strategy != "no" and state.global_step >= state.max_steps:
                 control.should_save = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if log is not None and logs and state.is_world_process_zero:
+                log(logs, state.global_step)
             return control
 
         def on_save(self, args, state, control, **kwargs):
@@ -130,12 +136,6 @@ def loss_summary(log_history: list[dict], key: str = "loss") -> dict[str, float]
     if not losses:
         return {}
     return {f"{key}_first": losses[0], f"{key}_last": losses[-1], f"{key}_min": min(losses)}
-
-
-def log_curves(run, log_history: list[dict], keys: tuple[str, ...]) -> None:
-    for h in log_history:
-        if "step" in h:
-            run.log_metrics({f"train.{k}": h[k] for k in keys if k in h}, step=int(h["step"]))
 
 
 def lora_config(params, *, reward_model: bool = False):

@@ -16,11 +16,15 @@ from alignloop.pipeline.specs import StageSpec
 
 def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], None], *,
                extra_rounds: tuple[str, ...] = (), flags: tuple[tuple[str, str], ...] = (),
-               argv: list[str] | None = None) -> int:
+               argv: list[str] | None = None, track: bool = True) -> int:
     """Parse ``--params`` (and ``--round``), load and validate params, run ``body``.
 
     Bad params, bad data and missing inputs end with ``error: ...`` on stderr and exit code 2, not a traceback:
     the messages already name the file, the line and the fix.
+
+    Once params are valid the body runs inside the execution's MLflow run (``tracking.live_run``: RUNNING while it
+    works, then FINISHED, FAILED with the error, or KILLED). ``track=False``: no run (a generation shard worker,
+    whose stage run is the merging one). In accelerate workers only rank 0 opens it.
     """
     name, needs_round = spec.module.rsplit(".", 1)[-1], spec.scope == "round"
     parser = argparse.ArgumentParser(prog=f"python -m {spec.module}", description=spec.help)
@@ -57,7 +61,14 @@ def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], Non
             from alignloop.ml.modeling import set_threads
 
             set_threads()
-        body(params, args)
+        if track and os.environ.get("RANK", "0") == "0":
+            from alignloop.pipeline.tracking import live_run
+
+            with live_run(params.experiment, spec.stage_name(args.round if needs_round else None), spec.name,
+                          args.round if needs_round else None):
+                body(params, args)
+        else:
+            body(params, args)
     except (ConfigError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
+import math
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,12 +41,6 @@ def lock_entry(stage: str, lock_path: str = "dvc.lock") -> dict:
     # libyaml's loader where present: dvc.lock of a long pipeline takes the pure-Python one ~0.4 s per stage.
     lock = yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     return (lock.get("stages") or {}).get(stage) or {}
-
-
-def dvc_dep_hashes(stage: str, lock_path: str = "dvc.lock") -> dict[str, str]:
-    """The md5 of each dependency of ``stage`` as recorded in dvc.lock by the previous run (if any)."""
-    entry = lock_entry(stage, lock_path)
-    return {d["path"]: d.get("md5", "") for d in entry.get("deps", []) if isinstance(d, dict)}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,9 +110,13 @@ class _Run:
         return self._mlflow.get_artifact_uri()
 
 
-@contextlib.contextmanager
-def stage_run(experiment: str, stage: str, params: dict, round_name: str | None = None) -> Iterator[_Run]:
-    """Open an MLflow run for one stage execution, tagged with stage, round, git commit and DVC dep hashes."""
+# The MLflow UI (3.x) opens an experiment in the view its kind names; untagged ones may open in the GenAI view
+# (traces), where stage runs do not show. This tag opens the runs table ("Model training").
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _mlflow(experiment: str):
+    """mlflow, pointed at the store and the experiment (created, with its artifact root and kind, where missing)."""
     # Quiet MLflow's own start-up chatter so the stage's progress stays readable.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -126,26 +127,170 @@ def stage_run(experiment: str, stage: str, params: dict, round_name: str | None 
     # Two pipelines starting at once on a fresh sqlite store would both run its schema migrations and one would fail
     # ("table already exists"): the first access (which creates the schema) and the experiment creation are serialised.
     with store_lock(uri):
-        if mlflow.get_experiment_by_name(experiment) is None:
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
             artifact_root = Path(os.environ.get("ALIGNLOOP_ARTIFACT_ROOT", DEFAULT_ARTIFACT_ROOT)).resolve()
-            mlflow.create_experiment(experiment, artifact_location=artifact_root.as_uri())
+            mlflow.create_experiment(experiment, artifact_location=artifact_root.as_uri(), tags=EXPERIMENT_KIND)
+        elif not set(EXPERIMENT_KIND.items()) <= set(exp.tags.items()):  # made before the tag existed
+            for k, v in EXPERIMENT_KIND.items():
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, k, v)
         mlflow.set_experiment(experiment)
-    dvc_stage = stage if round_name is None else f"{stage}_{round_name}"
-    # workdir: which working copy ran the stage, when several pipelines share one store.
-    tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage, "workdir": str(Path.cwd())}
+    return mlflow
+
+
+def dvc_md5(path: str | Path) -> str:
+    """The md5 DVC records for ``path`` in dvc.lock: of the bytes for a file; for a directory, of the JSON list of its
+    files' ``{"md5", "relpath"}`` sorted by relpath, plus ``.dir`` (dvc-data's tree hash). Computed from the files the
+    stage is about to read, so a run's lineage tags are the inputs it used, not the previous execution's."""
+    path = Path(path)
+
+    def md5(f: Path) -> str:
+        h = hashlib.md5()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if path.is_file():
+        return md5(path)
+    entries = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
+    listing = [{"md5": md5(f), "relpath": rel} for rel, f in entries]  # by relpath as a string, as DVC sorts
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def input_hashes(dvc_stage: str, dvc_yaml: str = "dvc.yaml") -> dict[str, str]:
+    """``dvc_stage``'s dependencies in dvc.yaml (files and directories; params are logged as params) with their
+    DVC md5 now ({} outside a DVC project)."""
+    import yaml
+
+    if not Path(dvc_yaml).exists():
+        return {}
+    stages = (yaml.load(Path(dvc_yaml).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
+    deps = ((stages.get("stages") or {}).get(dvc_stage) or {}).get("deps") or []
+    return {d: dvc_md5(d) if Path(d).exists() else "missing" for d in deps if isinstance(d, str)}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _close_killed_runs(mlflow, dvc_stage: str) -> list[str]:
+    """Runs of this stage in this working copy left RUNNING by a process that is gone (SIGKILL, OOM, a lost
+    machine) are ended KILLED, so the UI never shows a dead stage as running. Runs from another host are left."""
+    client = mlflow.MlflowClient()
+    me, exp_id = mlflow.active_run().info.run_id, mlflow.active_run().info.experiment_id
+    found = client.search_runs([exp_id], filter_string=f"tags.dvc_stage = '{dvc_stage}' and attributes.status = 'RUNNING'",
+                               max_results=100)
+    closed = []
+    for run in found:
+        t = run.data.tags
+        if run.info.run_id == me or t.get("workdir") != str(Path.cwd()) or t.get("host") != socket.gethostname():
+            continue
+        if t.get("pid", "").isdigit() and not _pid_alive(int(t["pid"])):
+            client.set_tag(run.info.run_id, "error", f"killed: its process ({t['pid']}) ended without closing the run; "
+                           f"found by the rerun {me} (end time: when it was found)")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+class _Killed(BaseException):
+    """SIGTERM (Ctrl-C's cousin: Prefect cancelling, a scheduler's stop) as an exception, so the run ends KILLED."""
+
+
+@contextlib.contextmanager
+def live_run(experiment: str, dvc_stage: str, stage: str, round_name: str | None = None) -> Iterator[None]:
+    """The MLflow run of one stage execution, open for the whole of it (``stage_main`` wraps the stage's body in it):
+    started before any work, so the UI shows it RUNNING with its curves as they are logged, and ended FINISHED,
+    FAILED (with the error as the ``error`` tag and ``error.txt``) or KILLED (SIGTERM / Ctrl-C; a SIGKILLed one is
+    closed as KILLED by the next execution of the stage). Tagged with the stage, round, git commit, working copy,
+    host and pid, and ``dvc_dep.<path>``: the DVC md5 of each input as the stage is about to read it — what DVC
+    writes into dvc.lock after the stage exits."""
+    import signal
+    import traceback
+
+    mlflow = _mlflow(experiment)
+    tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage, "workdir": str(Path.cwd()),
+            "host": socket.gethostname(), "pid": str(os.getpid())}
     if round_name is not None:
         tags["round"] = round_name
-    for path, md5 in dvc_dep_hashes(dvc_stage).items():
-        tags[f"dvc_dep.{path}"] = md5
-    run_name = dvc_stage
+    tags.update({f"dvc_dep.{path}": md5 for path, md5 in input_hashes(dvc_stage).items()})
     secrets = secret_values()
-    with mlflow.start_run(run_name=run_name, tags=redact(tags, secrets)):
+
+    def on_term(signum, frame):
+        raise _Killed(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    mlflow.start_run(run_name=dvc_stage, tags=redact(tags, secrets))
+    try:
+        _close_killed_runs(mlflow, dvc_stage)
+        yield
+    except (Exception, KeyboardInterrupt, _Killed) as exc:
+        killed = not isinstance(exc, Exception)
+        text = "".join(traceback.format_exception(exc))
+        for sec in secrets:
+            text = text.replace(sec, "***")
+        summary = (f"{type(exc).__name__}: {exc}" if not killed else f"killed ({exc or 'KeyboardInterrupt'})")
+        for sec in secrets:
+            summary = summary.replace(sec, "***")
+        mlflow.set_tag("error", summary[:5000])
+        mlflow.log_text(text, "error.txt")
+        mlflow.end_run("KILLED" if killed else "FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def log_step(prefix: str = "train."):
+    """A ``(logs, step)`` callback that streams numeric training logs into the open stage run as they happen (the
+    Trainer's every ``logging_steps``): ``alignloop.ml.training.train_resumable(..., log=log_step())``."""
+    import mlflow
+
+    def log(logs: dict, step: int) -> None:
+        clean = {f"{prefix}{k}": float(v) for k, v in logs.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        if clean and mlflow.active_run() is not None:
+            mlflow.log_metrics(clean, step=step)
+
+    return log
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, stage: str, params: dict, round_name: str | None = None) -> Iterator[_Run]:
+    """The stage's MLflow run, to log its params, metrics and artifacts into: the live run ``stage_main`` opened
+    (the normal case), or, outside one (a stage function called directly), a run opened and closed here."""
+    mlflow = _mlflow(experiment)
+    dvc_stage = stage if round_name is None else f"{stage}_{round_name}"
+    secrets = secret_values()
+    active = mlflow.active_run()
+    opened = active is None or active.data.tags.get("dvc_stage") != dvc_stage
+    if opened:
+        tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage, "workdir": str(Path.cwd())}
+        if round_name is not None:
+            tags["round"] = round_name
+        mlflow.start_run(run_name=dvc_stage, tags=redact(tags, secrets), nested=active is not None)
+    try:
         flat = redact({k: str(v) for k, v in _flatten(params).items()}, secrets)
         # MLflow caps param values at 6000 chars and batches of 100.
         items = [(k, v[:500]) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i : i + 100]))
         yield _Run(mlflow)
+    except BaseException:
+        if opened:
+            mlflow.end_run("FAILED")
+        raise
+    else:
+        if opened:
+            mlflow.end_run("FINISHED")
 
 
 def content_hash(path: str | Path) -> str:

@@ -367,27 +367,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from alignloop.pipeline.tracking import live_run, stage_run
+
     try:
         params = load_params(args.params)
-        result, bad = run_curation(params, args.raw)
+        # The execution's MLflow run is open for all of it (FAILED with the error, KILLED if killed), as stage_main
+        # opens it for the other stages.
+        with live_run(params.experiment, "curate", "curate"):
+            result, bad = run_curation(params, args.raw)
+            write_outputs(args.out, result, bad)
+            print(summary_line(result.metrics, args.out))
+            if bad:
+                print(
+                    f"warning: {len(bad)} bad row(s) quarantined:\n{_bad_lines(bad)}\n"
+                    f"  see {Path(args.out) / 'quarantine.jsonl'}",
+                    file=sys.stderr,
+                )
+            with stage_run(params.experiment, "curate", params.model_dump(include={"data", "curate", "seed"})) as run:
+                run.log_metrics(result.metrics)
+                run.log_artifact(Path(args.out) / "metrics.json")
     except (DataError, ConfigError, FileNotFoundError) as exc:
         # Known problems end with the message (it names the file, line and fix), not a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_outputs(args.out, result, bad)
-    print(summary_line(result.metrics, args.out))
-    if bad:
-        print(
-            f"warning: {len(bad)} bad row(s) quarantined:\n{_bad_lines(bad)}\n"
-            f"  see {Path(args.out) / 'quarantine.jsonl'}",
-            file=sys.stderr,
-        )
-
-    from alignloop.pipeline.tracking import stage_run
-
-    with stage_run(params.experiment, "curate", params.model_dump(include={"data", "curate", "seed"})) as run:
-        run.log_metrics(result.metrics)
-        run.log_artifact(Path(args.out) / "metrics.json")
     return 0
 
 

@@ -18,7 +18,7 @@ from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
 from alignloop.pipeline.lineage import reference_deps, start_deps, start_policy
 from alignloop.pipeline.specs import Ctx, StageSpec, code_paths
-from alignloop.pipeline.tracking import stage_run
+from alignloop.pipeline.tracking import log_step, stage_run
 
 
 def _source(ctx: Ctx) -> str:
@@ -41,7 +41,7 @@ def run(params, args) -> None:
     from trl import DPOConfig, DPOTrainer
 
     from alignloop.ml.modeling import load_causal_lm, load_tokenizer
-    from alignloop.ml.training import (checkpoint_dir, common_args, log_curves, lora_config, loss_summary, save_trained,
+    from alignloop.ml.training import (checkpoint_dir, common_args, lora_config, loss_summary, save_trained,
                                        throughput, to_conversational, train_resumable)
 
     r = args.round
@@ -76,7 +76,7 @@ def run(params, args) -> None:
         # The reference log-probs are columns of the training set now and TRL reads them from there; drop its copy
         # of the reference so training has that GPU memory (TRL itself only frees it under FSDP).
         trainer.ref_model = ref = None
-    result = train_resumable(trainer, f"dpo {r}")
+    result = train_resumable(trainer, f"dpo {r}", log=log_step())  # curves stream into the stage's MLflow run
     out = layout.policy_dir(r)
     stats = throughput(trainer, result)
     if not save_trained(trainer, tokenizer, out):  # merges LoRA; False in accelerate workers other than the main one
@@ -93,7 +93,6 @@ def run(params, args) -> None:
     print(f"dpo {r}: {len(pairs)} {d.pairs} pairs, beta {d.beta}, loss {metrics.get('loss_first', float('nan')):.3f} -> "
           f"{metrics.get('loss_last', float('nan')):.3f}; saved {out}/")
     with stage_run(params.experiment, "dpo", {"dpo": d.model_dump(), "prev": params.rounds[r].prev}, r) as run:
-        log_curves(run, hist, ("loss", "rewards/accuracies", "rewards/margins", "learning_rate"))
         run.log_metrics(metrics)
 
 

@@ -274,7 +274,8 @@ def main(argv=None) -> int:
         args.shard = known.shard
         run(params, args)
 
-    return stage_main(SPECS[0], body, argv=rest)
+    # A shard worker opens no MLflow run: the stage's run is the one that merges the shards.
+    return stage_main(SPECS[0], body, argv=rest, track=known.shard is None)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def run(params, args) -> None:
     from alignloop.pipeline.lineage import start_policy
     from alignloop.ml.modeling import load_causal_lm, load_tokenizer, to_device
     from alignloop.ml.ppo import PPOTrainer, train
-    from alignloop.pipeline.tracking import stage_run
+    from alignloop.pipeline.tracking import log_step, stage_run
 
     r = args.round
     c = params.round_section(r, "ppo")
@@ -87,7 +87,7 @@ def run(params, args) -> None:
     if (ckpt / "state.pt").is_file():
         trainer.load(ckpt)
         print(f"ppo {r}: resumed from iteration {trainer.iteration} ({ckpt})", flush=True)
-    result = train(trainer, prompts, cfg, ckpt if c.checkpoint_every else None)
+    result = train(trainer, prompts, cfg, ckpt if c.checkpoint_every else None, on_iteration=log_step())
 
     out = layout.policy_dir(r)
     with files.atomic_dir(out) as tmp:
@@ -104,9 +104,7 @@ def run(params, args) -> None:
           f"{metrics['score_last']:.3f}, KL to ref {metrics['kl_to_ref_last']:.2f}"
           + (f" ({result['stopped']})" if result["stopped"] else "") + f"; saved {out}/")
     with stage_run(params.experiment, "ppo", {"ppo": c.model_dump(), "prev": params.rounds[r].prev}, r) as run_:
-        for h_ in hist:
-            run_.log_metrics({f"train.{k}": v for k, v in h_.items() if k != "iteration"}, step=h_["iteration"])
-        run_.log_metrics(metrics)
+        run_.log_metrics(metrics)  # the curves were streamed, iteration by iteration
 
 
 def main(argv=None) -> int:

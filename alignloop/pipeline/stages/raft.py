@@ -44,9 +44,9 @@ def run(params, args) -> None:
 
     from alignloop.pipeline.lineage import start_policy
     from alignloop.ml.modeling import as_messages, load_causal_lm, load_tokenizer
-    from alignloop.ml.training import (checkpoint_dir, common_args, log_curves, lora_config, loss_summary,
+    from alignloop.ml.training import (checkpoint_dir, common_args, lora_config, loss_summary,
                                          save_trained, throughput, train_resumable)
-    from alignloop.pipeline.tracking import stage_run
+    from alignloop.pipeline.tracking import log_step, stage_run
 
     r = args.round
     c = params.round_section(r, "raft")
@@ -68,7 +68,7 @@ def run(params, args) -> None:
                                      checkpoint_every=c.checkpoint_every), completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(params))  # None unless train.lora.enabled
-    result = train_resumable(trainer, f"raft {r}")
+    result = train_resumable(trainer, f"raft {r}", log=log_step())  # curves stream into the stage's MLflow run
     out = layout.policy_dir(r)
     stats = throughput(trainer, result)
     if not save_trained(trainer, tokenizer, out):  # merges LoRA; False in accelerate workers other than the main one
@@ -80,7 +80,6 @@ def run(params, args) -> None:
     print(f"raft {r}: {len(rows)} of {metrics['samples']} samples (mean reward {metrics['selected_reward_mean']:.3f}), loss "
           f"{metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f}; saved {out}/")
     with stage_run(params.experiment, "raft", {"raft": c.model_dump(), "prev": params.rounds[r].prev}, r) as run_:
-        log_curves(run_, trainer.state.log_history, ("loss", "learning_rate", "mean_token_accuracy"))
         run_.log_metrics(metrics)
 
 

@@ -24,7 +24,7 @@ from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
 from alignloop.pipeline.lineage import reward_model_dirs
 from alignloop.pipeline.specs import Ctx, StageSpec, code_paths
-from alignloop.pipeline.tracking import stage_run
+from alignloop.pipeline.tracking import log_step, stage_run
 
 TRAIN, EVAL, JUDGE_TRAIN = layout.PREFS_TRAIN, layout.PREFS_EVAL, layout.PREFS_JUDGE
 
@@ -87,9 +87,11 @@ def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> tuple[dict[str,
     return out, (chosen, rejected)
 
 
-def train_member(params, seed: int, train_rows: list[dict], init: str, section=None, spec=None, key=None):
+def train_member(params, seed: int, train_rows: list[dict], init: str, section=None, spec=None, key=None,
+                 curve: str = "train."):
     """One Bradley-Terry reward model, trained under ``seed`` (head init and data order) with ``section``'s
-    settings (reward_model by default; judge_model for the judge), checkpointed under ``key``."""
+    settings (reward_model by default; judge_model for the judge), checkpointed under ``key``; its training logs
+    stream into the stage's MLflow run under the ``curve`` prefix."""
     import torch
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
@@ -112,12 +114,12 @@ def train_member(params, seed: int, train_rows: list[dict], init: str, section=N
                              "seed": seed, "data_seed": seed})
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(to_conversational(train_rows)),
                             processing_class=tokenizer, peft_config=lora_config(params, reward_model=True))
-    result = train_resumable(trainer, f"reward_model seed {seed}")
+    result = train_resumable(trainer, f"reward_model seed {seed}", log=log_step(curve))
     return trainer, tokenizer, result
 
 
 def run_judge(params) -> None:
-    from alignloop.ml.training import log_curves, loss_summary, save_trained, throughput
+    from alignloop.ml.training import loss_summary, save_trained, throughput
 
     j = params.judge_model
     rows = files.read_jsonl(JUDGE_TRAIN, files.validate_pair, id_key="id")
@@ -134,7 +136,6 @@ def run_judge(params) -> None:
     files.write_json(layout.JUDGE_HELDOUT, heldout)
     shutil.rmtree(Path(layout.CKPT_ROOT) / "judge_model", ignore_errors=True)
     with stage_run(params.experiment, "judge_model", params.model_dump(include={"judge_model", "model", "seed"})) as run_:
-        log_curves(run_, trainer.state.log_history, ("loss", "accuracy", "margin"))
         run_.log_metrics({k: v for k, v in {**metrics, **heldout}.items() if k != "backbone"})
     print(f"judge_model: {len(rows)} judge-split pairs, seed {seed}, held-out accuracy "
           f"{heldout.get('eval_accuracy', float('nan')):.3f}"
@@ -146,7 +147,7 @@ def run(params, args) -> None:
     if args.judge:
         return run_judge(params)
     from alignloop.core.ensemble import aggregate
-    from alignloop.ml.training import log_curves, loss_summary, save_trained, throughput
+    from alignloop.ml.training import loss_summary, save_trained, throughput
 
     init = _init(Ctx(params))
     train_rows = files.read_jsonl(TRAIN, files.validate_pair, id_key="id")
@@ -157,11 +158,12 @@ def run(params, args) -> None:
     # run (same weights, other runtimes in the metrics file) does not make every evaluation rerun.
     heldout: dict = {}
     member_eval: list[tuple[list[float], list[float]]] = []
-    member_logs: list[tuple[str, list[dict], dict]] = []
+    member_logs: list[dict] = []
     for k, out in enumerate(outs):
         # Members differ only by seed (head init, data order): the ensemble of "Reward Model Ensembles Help
         # Mitigate Overoptimization". Member 0 is exactly the single reward model of ensemble: 1.
-        trainer, tokenizer, result = train_member(params, params.seed + k, train_rows, init)
+        trainer, tokenizer, result = train_member(params, params.seed + k, train_rows, init,
+                                                  curve="train." if k == 0 else f"train.member{k}.")
         acc, scores = heldout_accuracy(trainer.model, tokenizer, eval_rows, params)
         member_eval.append(scores)
         m = {"train_runtime_s": result.metrics["train_runtime"], **loss_summary(trainer.state.log_history),
@@ -170,7 +172,7 @@ def run(params, args) -> None:
         heldout.update(acc if k == 0 else {f"member{k}_{key}": v for key, v in acc.items()})
         m = {**m, **acc}  # the member's MLflow run shows both
         main = save_trained(trainer, tokenizer, out)  # merges LoRA; False in accelerate workers but the main one
-        member_logs.append(("reward_model" if k == 0 else f"reward_model_member{k}", trainer.state.log_history, m))
+        member_logs.append(m if k == 0 else {f"member{k}_{key}": v for key, v in m.items()})
     if len(outs) > 1 and eval_rows:  # the members' mean (score.aggregate is the score stage's business, not ours)
         chosen = aggregate([c for c, _ in member_eval], "mean")
         rejected = aggregate([r for _, r in member_eval], "mean")
@@ -180,10 +182,9 @@ def run(params, args) -> None:
     files.write_json(layout.RM_METRICS, metrics)
     files.write_json(layout.RM_HELDOUT, heldout)
     shutil.rmtree(Path(layout.CKPT_ROOT) / "reward_model", ignore_errors=True)  # every member is saved: nothing left to resume
-    # One MLflow run per member, logged once all are saved: a run killed after member 0 and resumed logs each once.
-    for name, history, m in member_logs:
-        with stage_run(params.experiment, name, params.model_dump(include={"reward_model", "model", "seed"})) as run_:
-            log_curves(run_, history, ("loss", "accuracy", "margin"))
+    # One MLflow run for the stage execution (its members' curves streamed into it as train.* / train.member<k>.*).
+    with stage_run(params.experiment, "reward_model", params.model_dump(include={"reward_model", "model", "seed"})) as run_:
+        for m in member_logs:
             run_.log_metrics(m)
     print(f"reward_model: {len(outs)} model(s) on {len(train_rows)} pairs, held-out accuracy "
           f"{heldout.get('eval_accuracy', float('nan')):.3f}"

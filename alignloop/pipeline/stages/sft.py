@@ -13,7 +13,7 @@ from alignloop.core import files
 from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
 from alignloop.pipeline.specs import StageSpec, code_paths
-from alignloop.pipeline.tracking import stage_run
+from alignloop.pipeline.tracking import log_step, stage_run
 
 BASE, DATA, OUT = layout.BASE, layout.SFT_DATA, layout.SFT
 SPECS = [StageSpec(
@@ -28,7 +28,7 @@ def run(params, args) -> None:
     from trl import SFTConfig, SFTTrainer
 
     from alignloop.ml.modeling import as_messages, load_causal_lm, load_tokenizer
-    from alignloop.ml.training import (checkpoint_dir, common_args, log_curves, lora_config, loss_summary, save_trained,
+    from alignloop.ml.training import (checkpoint_dir, common_args, lora_config, loss_summary, save_trained,
                                        throughput, train_resumable)
 
     rows = files.read_jsonl(DATA, files.validate_sft, id_key="id")
@@ -46,7 +46,7 @@ def run(params, args) -> None:
                        completion_only_loss=True, packing=c.packing)  # packing False: TRL's default
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(params))  # None unless train.lora.enabled
-    result = train_resumable(trainer, "sft")
+    result = train_resumable(trainer, "sft", log=log_step())  # curves stream into the stage's MLflow run
     stats = throughput(trainer, result)
     if not save_trained(trainer, tokenizer, OUT):  # merges LoRA; False in accelerate workers other than the main one
         return
@@ -57,7 +57,6 @@ def run(params, args) -> None:
     print(f"sft: {len(rows)} examples, loss {metrics.get('loss_first', float('nan')):.3f} -> "
           f"{metrics.get('loss_last', float('nan')):.3f}; saved {OUT}/")
     with stage_run(params.experiment, "sft", params.model_dump(include={"sft", "model", "seed"})) as run:
-        log_curves(run, trainer.state.log_history, ("loss", "learning_rate", "mean_token_accuracy"))
         run.log_metrics(metrics)
 
 
