@@ -136,19 +136,11 @@ def test_training_curves_are_logged_while_training(tmp_path, monkeypatch):
 
     from alignloop.ml.training import train_resumable
     from alignloop.pipeline.tracking import live_run, log_step
+    from test_resume_mechanisms import Tiny  # a 5-parameter regression model
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("ALIGNLOOP_ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(4, 1)
-
-        def forward(self, x, labels):
-            out = self.lin(x).squeeze(-1)
-            return {"loss": ((out - labels) ** 2).mean(), "logits": out}
 
     xs = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=8, logging_steps=1, report_to=[],
