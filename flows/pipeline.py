@@ -157,14 +157,16 @@ def pipeline(project_dir: str = ".", rounds: int | None = None, overrides: dict[
     ensure_limit(devices)
     stale, ran = set(stale_stages(root)), set()
     results = [_step(name, root, params, plan, devices, stale, ran) for name in plan.before]
+    per_round = {}
     with _ray(use_ray, ray_address, params.orchestration.generate_shards) as runner:
         for r in plan.rounds:
             one_round = round_flow.with_options(task_runner=runner) if runner else round_flow
-            out = one_round(r, root, stale=sorted(stale), ran=sorted(ran))
+            out = per_round[r] = one_round(r, root, stale=sorted(stale), ran=sorted(ran))
             ran.update(s for x in out for s in x["ran_stages"])
             results += out
     results += [_step(name, root, params, plan, devices, stale, ran) for name in plan.after]
-    publish_pipeline(root, params.experiment)
+    g = params.registry.gate
+    publish_pipeline(root, params.experiment, [*g.beat_champion, *g.lower_bound, *g.min, *g.max], per_round)
     return results
 
 

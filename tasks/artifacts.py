@@ -71,22 +71,40 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def table_columns(keys: list[str], gate: list[str]) -> list[str]:
+    """Reading order for the rounds table: the policy, then the metrics the promotion gate reads (in the gate's
+    order), then the evaluation rows of ROWS in their order, then anything else alphabetically; the step is the
+    row number and is left out."""
+    order = ["policy", *gate, *(k for k, _, _ in ROWS)]
+    first = list(dict.fromkeys(k for k in order if k in keys))
+    return first + sorted(k for k in keys if k not in first and k != "step")
+
+
+def _round_md(root: Path, r: str, stages: list[dict]) -> str:
+    return round_markdown(r, _load(root / layout.eval_paths(r)[0]) or {}, _load(root / layout.eval_paths("sft")[0]),
+                          _load(root / layout.train_metrics(r)), _load(root / layout.pairs_metrics(r)), stages,
+                          _load(root / layout.registry_record(r)))
+
+
 @task(name="publish-round", task_run_name="publish-{round_name}", cache_policy=NO_CACHE, retries=1)
 def publish_round(round_name: str, project_dir: str, experiment: str, stages: list[dict]) -> str:
-    root = Path(project_dir)
-    r = round_name
-    md = round_markdown(r, _load(root / layout.eval_paths(r)[0]) or {}, _load(root / layout.eval_paths("sft")[0]),
-                        _load(root / layout.train_metrics(r)), _load(root / layout.pairs_metrics(r)), stages,
-                        _load(root / layout.registry_record(r)))
+    md = _round_md(Path(project_dir), round_name, stages)
     create_markdown_artifact(key=artifact_key(experiment, round_name), markdown=md,
                              description=f"{experiment}: evaluation of round {round_name}")
     return md
 
 
 @task(name="publish-pipeline", cache_policy=NO_CACHE, retries=1)
-def publish_pipeline(project_dir: str, experiment: str) -> list[dict]:
-    rows = _load(Path(project_dir) / layout.REPORT_ROUNDS) or []
-    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+def publish_pipeline(project_dir: str, experiment: str, gate: list[str], rounds: dict[str, list[dict]]) -> list[dict]:
+    """The rounds table (columns in reading order) and every round's summary, on the pipeline run itself (the round
+    artifacts are on the round subflows' pages)."""
+    root = Path(project_dir)
+    rows = _load(root / layout.REPORT_ROUNDS) or []
+    columns = table_columns(list(rows[0]) if rows else [], gate)
+    table = [{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in columns} for r in rows]
     create_table_artifact(key=artifact_key(experiment, "rounds"), table=table,
                           description=f"{experiment}: evaluation of every policy, SFT first")
+    md = "\n".join(_round_md(root, r, stages) for r, stages in rounds.items())
+    create_markdown_artifact(key=artifact_key(experiment, "rounds", "summary"), markdown=md,
+                             description=f"{experiment}: every round of this pipeline run")
     return table

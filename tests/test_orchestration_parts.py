@@ -12,7 +12,7 @@ import pytest
 from flows.pipeline import _parse_set
 from flows.plan import must_run, read_plan, upstream_of
 from tasks._proc import deterministic_failure, error_text
-from tasks.artifacts import artifact_key, round_markdown
+from tasks.artifacts import artifact_key, round_markdown, table_columns
 from tasks.gpu import device_lock, gpu_devices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,3 +178,9 @@ def test_retry_only_failures_that_may_be_transient():
     assert retry(None, None, Failed(data=StageFailed("x", 255, "error: bad row", retryable=False))) is False
     assert retry(None, None, Failed(data=StageFailed("x", 255, "Killed", retryable=True))) is True
     assert retry(None, None, Failed(data=OSError("disk hiccup"))) is True
+
+
+def test_rounds_table_columns_read_policy_then_the_gate_then_the_rest():
+    keys = ["distinct_2", "gold_reward", "kl_to_sft", "policy", "proxy_reward", "step", "win_rate_vs_sft_judge", "zeta"]
+    assert table_columns(keys, ["win_rate_vs_sft_judge", "kl_to_sft", "not_evaluated"]) == [
+        "policy", "win_rate_vs_sft_judge", "kl_to_sft", "gold_reward", "proxy_reward", "distinct_2", "zeta"]

@@ -98,3 +98,20 @@ def test_rounds_added_to_empty_params_start_from_sft(tmp_path):
     edit_params(p, rounds=2)
     raw = yaml.safe_load(p.read_text())
     assert raw["rounds"] == {"r1": {"algo": "dpo", "prev": "sft"}, "r2": {"algo": "dpo", "prev": "r1"}}
+
+
+def test_an_edit_changes_only_the_lines_of_the_keys_it_sets(tmp_path):
+    """On the project's own params.yaml (comments, flow-style rounds, nulls): setting one round's beta changes that
+    one line and nothing else — a `null` elsewhere stays `null` (it used to be rewritten as an empty value)."""
+    import difflib
+    from pathlib import Path
+
+    original = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    assert ": null" in original
+    p = tmp_path / "params.yaml"
+    p.write_text(original)
+    out = edit_params(p, overrides={"dpo.beta": 0.25})
+    assert out["changed"] == ["dpo.beta"]
+    diff = [line for line in difflib.unified_diff(original.splitlines(), p.read_text().splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert len(diff) == 2 and diff[0].startswith("-  beta:") and diff[1].startswith("+  beta: 0.25"), diff

@@ -263,6 +263,14 @@ def test_round_artifacts_are_published(project):
     assert art is not None and "| gold reward (hidden) |" in art.data and "Round `r2`" in art.data
     table = Artifact.get("e2e-rounds")
     assert table is not None and "gold_reward" in str(table.data)
+    import json as json_
+
+    rows = json_.loads(table.data) if isinstance(table.data, str) else table.data
+    # policy first, then the gate's metrics (TINY's gate: proxy_reward, the judge's lower bound, the LLM's floor)
+    assert list(rows[0])[:4] == ["policy", "proxy_reward", "win_rate_vs_sft_judge", "win_rate_vs_sft_llm"], list(rows[0])
+    # every round's summary on the pipeline run too, not only on the round subflows' pages
+    summary = Artifact.get("e2e-rounds-summary")
+    assert summary is not None and all(f"Round `{r}`" in summary.data for r in ROUNDS)
 
 
 def _free_port() -> int:
@@ -314,12 +322,16 @@ def test_served_deployment_runs_on_a_real_prefect_server(project, tmp_path):
         _wait_for("prefect server health", lambda: get(f"{api}/health")[0] == 200, 180, [server])
         assert "<html" in get(f"http://127.0.0.1:{port}/")[1].lower()  # the UI is served too
         # From the repository root, as the README says: flows/ and tasks/ are not installed packages.
-        serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--project-dir", str(project)], env=env,
+        serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--project-dir", str(project),
+                                  "--stop-timeout", "10"], env=env,
                                  cwd=REPO, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT)
-        inspect = ["prefect", "deployment", "inspect", "alignloop-pipeline/alignloop"]
+        inspect = ["prefect", "deployment", "inspect", "alignloop-pipeline/pipeline-on-schedule"]
         _wait_for("the served deployment",
                   lambda: subprocess.run(inspect, env=env, capture_output=True).returncode == 0, 180, [server, serve])
-        run = subprocess.run(["prefect", "deployment", "run", "alignloop-pipeline/alignloop",
+        for name in ("alignloop-round/one-round-on-demand", "alignloop-registry/registry-operations"):
+            # names that say what they do
+            assert subprocess.run(["prefect", "deployment", "inspect", name], env=env, capture_output=True).returncode == 0
+        run = subprocess.run(["prefect", "deployment", "run", "alignloop-pipeline/pipeline-on-schedule",
                               "--params", json.dumps({"overrides": {"orchestration.retry_delay_s": 2.0}}),
                               "--watch", "--watch-timeout", "600"],
                              env=env, capture_output=True, text=True, timeout=700)
@@ -329,6 +341,15 @@ def test_served_deployment_runs_on_a_real_prefect_server(project, tmp_path):
         assert yaml.safe_load((project / "params.yaml").read_text())["orchestration"]["retry_delay_s"] == 2.0
         cron = subprocess.run(inspect, env=env, capture_output=True, text=True).stdout
         assert "0 2 * * *" in cron
+        # Stopping the server first, then flows.serve: it must still stop, promptly and cleanly (it used to hang on
+        # SIGTERM, retrying calls to the gone server, until SIGKILLed).
+        server.terminate()
+        server.wait(timeout=60)
+        import time
+
+        t0 = time.time()
+        serve.terminate()
+        assert serve.wait(timeout=60) == 0 and time.time() - t0 < 30, (logs / "serve.log").read_text()[-3000:]
     finally:
         for proc in (serve, server):
             if proc is not None:

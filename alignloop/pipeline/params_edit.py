@@ -25,6 +25,8 @@ def _yaml() -> YAML:
     y = YAML()  # round-trip: comments, key order and flow-style maps survive
     y.preserve_quotes = True
     y.width = 120
+    # ruamel writes None as an empty value by default: every `key: null` the run did not touch would change.
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
 
 
