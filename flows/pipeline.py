@@ -21,9 +21,10 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from alignloop.core.config import Params, load_params
+from alignloop.core.config import ConfigError, Params, load_params
 from alignloop.pipeline.params_edit import edit_params
 from alignloop.pipeline.render import write_rendered
+from flows.forms import RoundSettings, round_overrides, rounds_after
 from flows.plan import Plan, must_run, read_plan
 from tasks._proc import stage_env
 from tasks.artifacts import publish_pipeline, publish_round
@@ -32,10 +33,20 @@ from tasks.stages import generate_shard, run_stage
 
 
 @task(name="apply-run-params", cache_policy=NO_CACHE)
-def apply_run_params(project_dir: str, rounds: int | None, overrides: dict[str, Any] | None) -> dict:
-    """Write the run's settings into params.yaml and re-render dvc.yaml; both are left as DVC will read them."""
+def apply_run_params(project_dir: str, rounds: int | None, overrides: dict[str, Any] | None,
+                     round_settings: RoundSettings | None = None) -> dict:
+    """Write the run's settings into params.yaml and re-render dvc.yaml; both are left as DVC will read them. The
+    form's round settings become the same dotted keys ``overrides`` takes (``overrides`` wins where both set one);
+    everything is validated together before params.yaml is touched."""
     log = get_run_logger()
     root = Path(project_dir)
+    if round_settings is not None:
+        current = load_params(root / "params.yaml")
+        names, algos = rounds_after(list(current.rounds), {n: r.algo for n, r in current.rounds.items()}, rounds or 0)
+        try:
+            overrides = {**round_overrides(round_settings, names, algos), **(overrides or {})}
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     result = edit_params(root / "params.yaml", rounds=rounds, overrides=overrides)
     if result["changed"]:
         log.info("params.yaml: set %s (see `git diff params.yaml`)", ", ".join(result["changed"]))
@@ -136,21 +147,24 @@ def round_flow(round_name: str, project_dir: str = ".", stale: list[str] | None 
 
 
 @flow(name="alignloop-pipeline")
-def pipeline(project_dir: str = ".", rounds: int | None = None, overrides: dict[str, Any] | None = None,
-             use_ray: bool = False, ray_address: str | None = None) -> list[dict]:
+def pipeline(project_dir: str = ".", rounds: int = 0, round_settings: RoundSettings = RoundSettings(),
+             overrides: dict[str, Any] | None = None, use_ray: bool = False,
+             ray_address: str | None = None) -> list[dict]:
     """The whole loop: curation, SFT, reward model, every round, report.
 
     Args:
         project_dir: the alignloop working copy (params.yaml, dvc.yaml) to run in.
         rounds: total number of rounds; more than params.yaml has appends rounds that repeat the last round's
-            algorithm and start from it (finished rounds are skipped by DVC). Empty: as in params.yaml.
-        overrides: params to set before running, dotted keys, e.g. {"dpo.beta": 0.2, "rounds.r4.dpo.lr": 1e-4};
-            written into params.yaml so `dvc repro` reproduces the run.
+            algorithm and start from it (finished rounds are skipped by DVC). 0: as in params.yaml.
+        round_settings: one round's algorithm, learning rate, DPO beta, epochs, PPO iterations, samples per prompt
+            (the last round unless `round` names one); empty fields keep params.yaml's values.
+        overrides: any other params to set, dotted keys, e.g. {"dpo.beta": 0.2, "rounds.r4.dpo.lr": 1e-4}.
+            Both are written into params.yaml, so `dvc repro` reproduces the run.
         use_ray: run generation shards (orchestration.generate_shards > 1) as Ray tasks (needs '.[ray]').
         ray_address: Ray cluster address; empty starts a local Ray instance.
     """
     root = str(Path(project_dir).resolve())
-    apply_run_params(root, rounds, overrides)
+    apply_run_params(root, rounds or None, overrides, round_settings)
     params = load_params(Path(root) / "params.yaml")
     plan = read_plan(root, list(params.rounds))
     devices = gpu_devices(params.orchestration.gpus)
@@ -183,7 +197,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.__doc__.split("\n")[0])
     ap.add_argument("--project-dir", default=".")
-    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=0, help="total rounds (0: as in params.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
     ap.add_argument("--ray", action="store_true", help="generation shards as Ray tasks")
     ap.add_argument("--ray-address", default=None)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.pipeline import _parse_set
 from flows.plan import must_run, read_plan, upstream_of
@@ -184,3 +185,53 @@ def test_rounds_table_columns_read_policy_then_the_gate_then_the_rest():
     keys = ["distinct_2", "gold_reward", "kl_to_sft", "policy", "proxy_reward", "step", "win_rate_vs_sft_judge", "zeta"]
     assert table_columns(keys, ["win_rate_vs_sft_judge", "kl_to_sft", "not_evaluated"]) == [
         "policy", "win_rate_vs_sft_judge", "kl_to_sft", "gold_reward", "proxy_reward", "distinct_2", "zeta"]
+
+
+# --- the Prefect form's typed round settings -------------------------------------------------------------------
+
+def test_round_settings_become_the_dotted_keys_of_the_round():
+    from flows.forms import RoundSettings, round_overrides
+
+    names, algos = ["r1", "r2"], {"r1": "dpo", "r2": "dpo"}
+    assert round_overrides(RoundSettings(), names, algos) == {}
+    assert round_overrides(RoundSettings(beta=0.5, n=8), names, algos) == {"rounds.r2.dpo.beta": 0.5,
+                                                                          "rounds.r2.generate.n": 8}
+    assert round_overrides(RoundSettings(round="r1", algo="ppo", lr=1e-5, iterations=20), names, algos) == {
+        "rounds.r1.algo": "ppo", "rounds.r1.ppo.lr": 1e-5, "rounds.r1.ppo.iterations": 20}
+    with pytest.raises(ValueError, match=r"round r2 is a dpo round, which has no iterations \(fix: clear it, or set algo"):
+        round_overrides(RoundSettings(iterations=5), names, algos)
+    with pytest.raises(ValueError, match=r"'r9': not a round .* raise `rounds` to add it"):
+        round_overrides(RoundSettings(round="r9", lr=1e-4), names, algos)
+
+
+def test_the_form_edits_params_yaml_exactly_as_the_same_dict_of_overrides(tmp_path):
+    """Round settings for a round the run adds: the same file, byte for byte, as typing the keys into `overrides`."""
+    from alignloop.pipeline.params_edit import edit_params
+    from flows.forms import RoundSettings, round_overrides, rounds_after
+
+    text = "experiment: t\nrounds:\n  r1: {algo: ppo, prev: sft}\n"
+    names, algos = rounds_after(["r1"], {"r1": "ppo"}, 2)
+    assert names == ["r1", "r2"] and algos == {"r1": "ppo", "r2": "ppo"}  # as extend_rounds adds it
+    typed, by_hand = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    typed.write_text(text)
+    by_hand.write_text(text)
+    edit_params(typed, rounds=2, overrides=round_overrides(RoundSettings(lr=0.0002, n=6), names, algos))
+    edit_params(by_hand, rounds=2, overrides={"rounds.r2.ppo.lr": 0.0002, "rounds.r2.generate.n": 6})
+    assert typed.read_text() == by_hand.read_text()
+    assert yaml.safe_load(typed.read_text())["rounds"]["r2"] == {"algo": "ppo", "prev": "r1", "ppo": {"lr": 0.0002},
+                                                                "generate": {"n": 6}}
+
+
+def test_the_pipeline_form_has_typed_fields_not_nullable_unions():
+    """What the Prefect UI's Custom-run form is drawn from: `rounds` an integer (it was int | None, shown as a type
+    to choose before typing), round_settings a model with its fields and their help."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import pipeline
+
+    schema = parameter_schema(pipeline.fn).model_dump_for_openapi()
+    props = schema["properties"]
+    assert props["rounds"]["type"] == "integer" and props["rounds"]["default"] == 0
+    settings = schema["definitions"]["RoundSettings"]["properties"]
+    assert {"round", "algo", "lr", "beta", "epochs", "iterations", "n"} <= set(settings)
+    assert "KL strength" in settings["beta"]["description"]

@@ -115,3 +115,10 @@ def test_an_edit_changes_only_the_lines_of_the_keys_it_sets(tmp_path):
     diff = [line for line in difflib.unified_diff(original.splitlines(), p.read_text().splitlines(), lineterm="", n=0)
             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     assert len(diff) == 2 and diff[0].startswith("-  beta:") and diff[1].startswith("+  beta: 0.25"), diff
+
+
+def test_an_override_may_set_a_round_the_same_run_adds(params):
+    out = edit_params(params, rounds=4, overrides={"rounds.r4.dpo.lr": 1e-4})
+    assert out["added_rounds"] == ["r4"]
+    r4 = yaml.safe_load(params.read_text())["rounds"]["r4"]
+    assert r4 == {"algo": "dpo", "prev": "r3", "dpo": {"lr": 1e-4}}

@@ -503,7 +503,8 @@ NEW = ["r3"]  # what asking for one more round adds
 def test_more_rounds_run_exactly_the_new_rounds(project):
     from flows.pipeline import pipeline
 
-    results = pipeline(project_dir=str(project), rounds=len(ROUNDS) + len(NEW),
+    # The new round's DPO beta from the typed form (a plain dict here, as the Prefect UI sends it).
+    results = pipeline(project_dir=str(project), rounds=len(ROUNDS) + len(NEW), round_settings={"beta": 0.25},
                        overrides={"orchestration.generate_shards": 2}, use_ray=True)
     ran = [s for r in results for s in r["ran_stages"]]
     new = [f"{kind}_{r}" for r in NEW
@@ -513,6 +514,7 @@ def test_more_rounds_run_exactly_the_new_rounds(project):
     assert list(raw["rounds"]) == [*ROUNDS, *NEW]
     for prev, new in zip([LAST, *NEW], NEW):  # each added round starts from the one before it
         assert raw["rounds"][new]["prev"] == prev
+    assert raw["rounds"][NEW[-1]]["dpo"] == {"beta": 0.25}
     assert [r["policy"] for r in read(project, "data/report/rounds.json")] == ["sft", *ROUNDS, *NEW]
     assert "Running stage" not in sh(["dvc", "repro"], project).stdout  # and DVC agrees it is all done
     rounds = [v["round"] for v in registered(project)]

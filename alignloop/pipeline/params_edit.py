@@ -98,8 +98,9 @@ def edit_params(path: str | Path, *, rounds: int | None = None, overrides: dict[
     y = _yaml()
     text = path.read_text(encoding="utf-8")
     doc = y.load(text) or CommentedMap()
-    changed = [k for k, v in (overrides or {}).items() if set_key(doc, k, v)]
+    # Rounds first: an override may set a round this run adds (rounds.r4.dpo.lr with rounds=4).
     added = extend_rounds(doc, rounds) if rounds is not None else []
+    changed = [k for k, v in (overrides or {}).items() if set_key(doc, k, v)]
     if not changed and not added:
         return {"changed": [], "added_rounds": [], "params": load_params(path)}
     buf = _io.StringIO()

@@ -1,0 +1,73 @@
+"""Typed parameters for the Prefect UI's run form: one round's common settings as fields, not a free dict.
+
+The form's values become dotted params keys (``rounds.r3.dpo.beta``) applied with the run's ``overrides``, so a
+form run edits params.yaml exactly as the same keys typed into ``overrides`` would, and `dvc repro` reproduces it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alignloop.pipeline.params_edit import next_round_name
+
+
+class RoundSettings(BaseModel):
+    """Settings of one round. Empty fields keep what params.yaml (and its top-level sections) says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: str = Field("", description="The round to set, e.g. r3. Empty: the last round, after `rounds` has added "
+                       "any (so with `rounds` one more than params.yaml has, these settle the new round).")
+    algo: Literal["dpo", "ppo", "raft"] | None = Field(None, description="The round's algorithm (empty: as in "
+                                                       "params.yaml; a new round repeats the last one's).")
+    lr: float | None = Field(None, gt=0, description="Learning rate of the round's training (dpo.lr, ppo.lr or raft.lr).")
+    beta: float | None = Field(None, gt=0, description="DPO rounds: KL strength (dpo.beta; higher stays closer to "
+                               "the reference).")
+    epochs: float | None = Field(None, gt=0, description="DPO and RAFT rounds: passes over the round's data.")
+    iterations: int | None = Field(None, ge=1, description="PPO rounds: rollout-then-optimise iterations.")
+    n: int | None = Field(None, ge=1, description="Samples generated per prompt for the round (generate.n).")
+
+
+# field -> the algorithms whose section has it (the section is the algorithm's name), or "generate"
+_FIELDS: dict[str, tuple[str, ...]] = {"lr": ("dpo", "ppo", "raft"), "beta": ("dpo",), "epochs": ("dpo", "raft"),
+                                       "iterations": ("ppo",)}
+
+
+def rounds_after(names: list[str], algos: dict[str, str], total: int) -> tuple[list[str], dict[str, str]]:
+    """The round names and algorithms once a run asking for ``total`` rounds has added its rounds (as
+    alignloop.pipeline.params_edit.extend_rounds adds them: each repeats the last round's algorithm)."""
+    names, algos = list(names), dict(algos)
+    while len(names) < total:
+        new = next_round_name(names)
+        algos[new] = algos[names[-1]] if names else "dpo"
+        names.append(new)
+    return names, algos
+
+
+def round_overrides(settings: RoundSettings, names: list[str], algos: dict[str, str]) -> dict[str, Any]:
+    """Dotted params keys for the form's set fields ({} when none is set). Raises ValueError, with the fix, for an
+    unknown round or a field the round's algorithm does not have."""
+    given = settings.model_dump(exclude_none=True, exclude={"round"})
+    if not given:
+        return {}
+    r = settings.round or (names[-1] if names else "")
+    if r not in names:
+        raise ValueError(f"round_settings.round {r!r}: not a round of params.yaml or of this run (fix: one of "
+                         f"{names}, or raise `rounds` to add it)")
+    algo = settings.algo or algos[r]
+    out: dict[str, Any] = {}
+    if settings.algo is not None:
+        out[f"rounds.{r}.algo"] = settings.algo
+    for field, value in given.items():
+        if field == "algo":
+            continue
+        if field == "n":
+            out[f"rounds.{r}.generate.n"] = value
+            continue
+        if algo not in _FIELDS[field]:
+            raise ValueError(f"round_settings.{field}: round {r} is a {algo} round, which has no {field} (fix: clear "
+                             f"it, or set algo to one of {list(_FIELDS[field])})")
+        out[f"rounds.{r}.{algo}.{field}"] = value
+    return out
