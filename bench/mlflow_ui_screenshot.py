@@ -1,7 +1,10 @@
-"""Open the MLflow UI's registry page in a real headless browser and save a screenshot.
+"""Open the MLflow UI's registry and runs pages in a real headless browser and save screenshots.
 
 Checks what a user sees after `mlflow ui`: the registered policy with its versions and the `candidate` /
-`champion` aliases. Needs Chromium and its driver (Debian: `apt-get install chromium chromium-driver`) and
+`champion` aliases, and the experiment's runs table — which MLflow 3.17 shows only in its "Model training" view:
+the experiment's default page is the GenAI overview (traces, "No data available"), whatever the experiment's tags,
+so the runs URL carries `?workflowType=machine_learning` (the toggle at the top left does the same and the browser
+remembers it). Needs Chromium and its driver (Debian: `apt-get install chromium chromium-driver`) and
 selenium (`pip install selenium`); the CI tests check the same through MLflow's REST API instead.
 
     python bench/mlflow_ui_screenshot.py --store sqlite:///mlflow.db --model alignloop-demo-policy
@@ -24,6 +27,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", default="sqlite:///mlflow.db")
     ap.add_argument("--model", default="alignloop-demo-policy")
+    ap.add_argument("--experiment-id", default="1", help="the experiment whose runs page to open (default: 1)")
     a = ap.parse_args()
     from selenium import webdriver
     from selenium.webdriver.common.by import By
@@ -54,6 +58,8 @@ def main() -> int:
             for page, url, needles in (
                 ("models", f"http://127.0.0.1:{port}/#/models/{a.model}", ["Version 1", "champion", "candidate"]),
                 ("experiments", f"http://127.0.0.1:{port}/#/experiments", ["alignloop"]),
+                ("runs", f"http://127.0.0.1:{port}/#/experiments/{a.experiment_id}/runs?workflowType=machine_learning",
+                 ["sft", "reward_model", "dpo_r1", "register_r1", "Duration"]),
             ):
                 driver.get(url)
                 WebDriverWait(driver, 60).until(lambda d: a.model.split("-policy")[0] in d.find_element(By.TAG_NAME, "body").text)

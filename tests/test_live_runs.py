@@ -84,7 +84,7 @@ def test_a_running_stage_shows_as_running_and_finishes_after_its_work(stage):
 
         client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
         exp = client.get_experiment_by_name("live")
-        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's kind metadata (not the UI view)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

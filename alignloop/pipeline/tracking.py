@@ -110,8 +110,9 @@ class _Run:
         return self._mlflow.get_artifact_uri()
 
 
-# The MLflow UI (3.x) opens an experiment in the view its kind names; untagged ones may open in the GenAI view
-# (traces), where stage runs do not show. This tag opens the runs table ("Model training").
+# MLflow's own metadata for what kind of work an experiment holds. It does not choose the UI's view: MLflow 3.17 opens
+# every experiment in its GenAI view until the user picks "Model training" (or the URL has
+# ?workflowType=machine_learning; checked in a browser, see bench/mlflow_ui_screenshot.py and the README).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
