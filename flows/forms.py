@@ -14,20 +14,25 @@ from alignloop.pipeline.params_edit import next_round_name
 
 
 class RoundSettings(BaseModel):
-    """Settings of one round. Empty fields keep what params.yaml (and its top-level sections) says."""
+    """Settings of one round. Fields left at their defaults (empty, 0) keep what params.yaml (and its top-level
+    sections) says. No field is Optional: Prefect's form draws an `X | None` field as a type to choose ("None")
+    before a value can be typed."""
 
     model_config = ConfigDict(extra="forbid")
 
     round: str = Field("", description="The round to set, e.g. r3. Empty: the last round, after `rounds` has added "
                        "any (so with `rounds` one more than params.yaml has, these settle the new round).")
-    algo: Literal["dpo", "ppo", "raft"] | None = Field(None, description="The round's algorithm (empty: as in "
-                                                       "params.yaml; a new round repeats the last one's).")
-    lr: float | None = Field(None, gt=0, description="Learning rate of the round's training (dpo.lr, ppo.lr or raft.lr).")
-    beta: float | None = Field(None, gt=0, description="DPO rounds: KL strength (dpo.beta; higher stays closer to "
-                               "the reference).")
-    epochs: float | None = Field(None, gt=0, description="DPO and RAFT rounds: passes over the round's data.")
-    iterations: int | None = Field(None, ge=1, description="PPO rounds: rollout-then-optimise iterations.")
-    n: int | None = Field(None, ge=1, description="Samples generated per prompt for the round (generate.n).")
+    algo: Literal["", "dpo", "ppo", "raft"] = Field("", description="The round's algorithm (empty: as in params.yaml; "
+                                                    "a new round repeats the last one's).")
+    lr: float = Field(0.0, ge=0, description="Learning rate of the round's training (dpo.lr, ppo.lr or raft.lr); "
+                      "0: as in params.yaml.")
+    beta: float = Field(0.0, ge=0, description="DPO rounds: KL strength (dpo.beta; higher stays closer to the "
+                        "reference); 0: as in params.yaml.")
+    epochs: float = Field(0.0, ge=0, description="DPO and RAFT rounds: passes over the round's data; 0: as in "
+                          "params.yaml.")
+    iterations: int = Field(0, ge=0, description="PPO rounds: rollout-then-optimise iterations; 0: as in params.yaml.")
+    n: int = Field(0, ge=0, description="Samples generated per prompt for the round (generate.n); 0: as in "
+                   "params.yaml.")
 
 
 # field -> the algorithms whose section has it (the section is the algorithm's name), or "generate"
@@ -49,7 +54,7 @@ def rounds_after(names: list[str], algos: dict[str, str], total: int) -> tuple[l
 def round_overrides(settings: RoundSettings, names: list[str], algos: dict[str, str]) -> dict[str, Any]:
     """Dotted params keys for the form's set fields ({} when none is set). Raises ValueError, with the fix, for an
     unknown round or a field the round's algorithm does not have."""
-    given = settings.model_dump(exclude_none=True, exclude={"round"})
+    given = settings.model_dump(exclude_defaults=True, exclude={"round"})
     if not given:
         return {}
     r = settings.round or (names[-1] if names else "")
@@ -58,7 +63,7 @@ def round_overrides(settings: RoundSettings, names: list[str], algos: dict[str, 
                          f"{names}, or raise `rounds` to add it)")
     algo = settings.algo or algos[r]
     out: dict[str, Any] = {}
-    if settings.algo is not None:
+    if settings.algo:
         out[f"rounds.{r}.algo"] = settings.algo
     for field, value in given.items():
         if field == "algo":

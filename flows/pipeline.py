@@ -97,7 +97,7 @@ def _ray(use_ray: bool, ray_address: str | None, shards: int):
 
     owned = not ray.is_initialized()
     if owned:
-        ray.init(address=ray_address)  # None: a local instance
+        ray.init(address=ray_address or None)  # empty: a local instance
     try:
         yield RayTaskRunner()  # sees the initialised Ray and uses it
     finally:
@@ -148,8 +148,8 @@ def round_flow(round_name: str, project_dir: str = ".", stale: list[str] | None 
 
 @flow(name="alignloop-pipeline")
 def pipeline(project_dir: str = ".", rounds: int = 0, round_settings: RoundSettings = RoundSettings(),
-             overrides: dict[str, Any] | None = None, use_ray: bool = False,
-             ray_address: str | None = None) -> list[dict]:
+             overrides: dict[str, Any] = {}, use_ray: bool = False,  # noqa: B006 (read, never mutated)
+             ray_address: str = "") -> list[dict]:
     """The whole loop: curation, SFT, reward model, every round, report.
 
     Args:
@@ -162,6 +162,8 @@ def pipeline(project_dir: str = ".", rounds: int = 0, round_settings: RoundSetti
             Both are written into params.yaml, so `dvc repro` reproduces the run.
         use_ray: run generation shards (orchestration.generate_shards > 1) as Ray tasks (needs '.[ray]').
         ray_address: Ray cluster address; empty starts a local Ray instance.
+
+    No parameter is Optional (`X | None`): Prefect's form would draw it as a type to pick before typing a value.
     """
     root = str(Path(project_dir).resolve())
     apply_run_params(root, rounds or None, overrides, round_settings)
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=0, help="total rounds (0: as in params.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
     ap.add_argument("--ray", action="store_true", help="generation shards as Ray tasks")
-    ap.add_argument("--ray-address", default=None)
+    ap.add_argument("--ray-address", default="", help="Ray cluster address (default: a local instance)")
     a = ap.parse_args(argv)
     results = pipeline(project_dir=a.project_dir, rounds=a.rounds, overrides=_parse_set(a.set), use_ray=a.ray,
                        ray_address=a.ray_address)

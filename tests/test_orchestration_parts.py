@@ -235,3 +235,7 @@ def test_the_pipeline_form_has_typed_fields_not_nullable_unions():
     settings = schema["definitions"]["RoundSettings"]["properties"]
     assert {"round", "algo", "lr", "beta", "epochs", "iterations", "n"} <= set(settings)
     assert "KL strength" in settings["beta"]["description"]
+    # No field of the form is a union with null (the UI showed those as 'Property is type "None"').
+    nullable = [name for fields in (props, settings) for name, f in fields.items()
+                if any(alt.get("type") == "null" for alt in f.get("anyOf", []))]
+    assert nullable == [], nullable
