@@ -118,11 +118,12 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 def _mlflow(experiment: str):
     """mlflow, pointed at the store and the experiment (created, with its artifact root and kind, where missing)."""
-    # Quiet MLflow's own start-up chatter so the stage's progress stays readable.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
 
+    # Quiet MLflow's own start-up chatter ("Creating initial MLflow database tables..." on a new store) so the
+    # stage's progress, and an error it stops with, stay readable. After the import: importing mlflow sets its level.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     mlflow.set_tracking_uri(uri)
     # Two pipelines starting at once on a fresh sqlite store would both run its schema migrations and one would fail
