@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignloop.pipeline.params_edit import next_round_name
+from alignloop.pipeline.params_edit import new_rounds
 
 
 class RoundSettings(BaseModel):
@@ -43,12 +43,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {"lr": ("dpo", "ppo", "raft"), "beta": ("d
 def rounds_after(names: list[str], algos: dict[str, str], total: int) -> tuple[list[str], dict[str, str]]:
     """The round names and algorithms once a run asking for ``total`` rounds has added its rounds (as
     alignloop.pipeline.params_edit.extend_rounds adds them: each repeats the last round's algorithm)."""
-    names, algos = list(names), dict(algos)
-    while len(names) < total:
-        new = next_round_name(names)
-        algos[new] = algos[names[-1]] if names else "dpo"
-        names.append(new)
-    return names, algos
+    added = new_rounds(names, algos[names[-1]] if names else "dpo", total)
+    return [*names, *(n for n, _, _ in added)], {**algos, **{n: a for n, a, _ in added}}
 
 
 def round_overrides(settings: RoundSettings, names: list[str], algos: dict[str, str]) -> dict[str, Any]:

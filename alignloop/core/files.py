@@ -371,7 +371,8 @@ def failpoint(path: str | Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (for files and runs a killed process left behind)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -388,7 +389,7 @@ def _clean_stale(final: Path) -> None:
     for p in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
         kind, _, rest = p.name[len(final.name) + 2:].partition("-")
         pid = rest.split("-", 1)[0]
-        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+        if kind in ("tmp", "old") and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 

@@ -64,8 +64,8 @@ def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], Non
         if track and os.environ.get("RANK", "0") == "0":
             from alignloop.pipeline.tracking import live_run
 
-            with live_run(params.experiment, spec.stage_name(args.round if needs_round else None), spec.name,
-                          args.round if needs_round else None):
+            round_name = args.round if needs_round else None
+            with live_run(params.experiment, spec.stage_name(round_name), spec.name, round_name):
                 body(params, args)
         else:
             body(params, args)

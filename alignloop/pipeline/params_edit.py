@@ -64,6 +64,17 @@ def next_round_name(existing: list[str]) -> str:
     return f"r{n}"
 
 
+def new_rounds(names: list[str], last_algo: str, total: int) -> list[tuple[str, str, str]]:
+    """``(name, algo, prev)`` of the rounds a run asking for ``total`` rounds appends after ``names``: each repeats
+    the last round's algorithm (``last_algo``) and starts from the round before it (the first from SFT)."""
+    names, out = list(names), []
+    while len(names) < total:
+        name = next_round_name(names)
+        out.append((name, last_algo, names[-1] if names else "sft"))
+        names.append(name)
+    return out
+
+
 def extend_rounds(doc: CommentedMap, total: int) -> list[str]:
     """Append rounds until there are ``total``; each new round repeats the last one's algorithm and starts
     from it. Returns the names added. Rounds are never removed here: a smaller ``total`` is an error, because
@@ -77,15 +88,11 @@ def extend_rounds(doc: CommentedMap, total: int) -> list[str]:
             f"params.yaml has {len(names)} rounds ({', '.join(names)}) and the run asked for {total} "
             "(fix: ask for at least that many, or remove rounds from params.yaml by hand and run `alignloop render`)"
         )
-    added = []
-    while len(names) < total:
-        prev = names[-1] if names else "sft"
-        algo = (rounds[names[-1]] or {}).get("algo", "dpo") if names else "dpo"
-        name = next_round_name(names)
+    last_algo = (rounds[names[-1]] or {}).get("algo", "dpo") if names else "dpo"
+    added = new_rounds(names, last_algo, total)
+    for name, algo, prev in added:
         rounds[name] = CommentedMap([("algo", algo), ("prev", prev)])
-        names.append(name)
-        added.append(name)
-    return added
+    return [name for name, _, _ in added]
 
 
 def edit_params(path: str | Path, *, rounds: int | None = None, overrides: dict[str, Any] | None = None) -> dict:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alignloop.core.files import pid_alive
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlartifacts"
 
@@ -84,6 +86,21 @@ def redact(values: dict[str, str], secrets: list[str]) -> dict[str, str]:
     """Each value with any secret in it replaced by '***': nothing from a secret variable reaches MLflow, even when
     it was pasted into params.yaml (a hub token in a URL, say)."""
     return {k: "***" if any(sec in v for sec in secrets) else v for k, v in values.items()}
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret value replaced by '***' (error messages and tracebacks bound for MLflow)."""
+    for sec in secrets:
+        text = text.replace(sec, "***")
+    return text
+
+
+def _run_tags(stage: str, dvc_stage: str, round_name: str | None) -> dict[str, str]:
+    """The tags every stage run carries; workdir: which working copy ran it, when several share one store."""
+    tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage, "workdir": str(Path.cwd())}
+    if round_name is not None:
+        tags["round"] = round_name
+    return tags
 
 
 class _Run:
@@ -172,16 +189,6 @@ def input_hashes(dvc_stage: str, dvc_yaml: str = "dvc.yaml") -> dict[str, str]:
     return {d: dvc_md5(d) if Path(d).exists() else "missing" for d in deps if isinstance(d, str)}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _close_killed_runs(mlflow, dvc_stage: str) -> list[str]:
     """Runs of this stage in this working copy left RUNNING by a process that is gone (SIGKILL, OOM, a lost
     machine) are ended KILLED, so the UI never shows a dead stage as running. Runs from another host are left."""
@@ -194,7 +201,7 @@ def _close_killed_runs(mlflow, dvc_stage: str) -> list[str]:
         t = run.data.tags
         if run.info.run_id == me or t.get("workdir") != str(Path.cwd()) or t.get("host") != socket.gethostname():
             continue
-        if t.get("pid", "").isdigit() and not _pid_alive(int(t["pid"])):
+        if t.get("pid", "").isdigit() and not pid_alive(int(t["pid"])):
             client.set_tag(run.info.run_id, "error", f"killed: its process ({t['pid']}) ended without closing the run; "
                            f"found by the rerun {me} (end time: when it was found)")
             client.set_terminated(run.info.run_id, status="KILLED")
@@ -218,11 +225,8 @@ def live_run(experiment: str, dvc_stage: str, stage: str, round_name: str | None
     import traceback
 
     mlflow = _mlflow(experiment)
-    tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage, "workdir": str(Path.cwd()),
-            "host": socket.gethostname(), "pid": str(os.getpid())}
-    if round_name is not None:
-        tags["round"] = round_name
-    tags.update({f"dvc_dep.{path}": md5 for path, md5 in input_hashes(dvc_stage).items()})
+    tags = {**_run_tags(stage, dvc_stage, round_name), "host": socket.gethostname(), "pid": str(os.getpid()),
+            **{f"dvc_dep.{path}": md5 for path, md5 in input_hashes(dvc_stage).items()}}
     secrets = secret_values()
 
     def on_term(signum, frame):
@@ -235,14 +239,9 @@ def live_run(experiment: str, dvc_stage: str, stage: str, round_name: str | None
         yield
     except (Exception, KeyboardInterrupt, _Killed) as exc:
         killed = not isinstance(exc, Exception)
-        text = "".join(traceback.format_exception(exc))
-        for sec in secrets:
-            text = text.replace(sec, "***")
-        summary = (f"{type(exc).__name__}: {exc}" if not killed else f"killed ({exc or 'KeyboardInterrupt'})")
-        for sec in secrets:
-            summary = summary.replace(sec, "***")
-        mlflow.set_tag("error", summary[:5000])
-        mlflow.log_text(text, "error.txt")
+        summary = f"{type(exc).__name__}: {exc}" if not killed else f"killed ({exc or 'KeyboardInterrupt'})"
+        mlflow.set_tag("error", _scrub(summary, secrets)[:5000])
+        mlflow.log_text(_scrub("".join(traceback.format_exception(exc)), secrets), "error.txt")
         mlflow.end_run("KILLED" if killed else "FAILED")
         raise
     else:
@@ -275,10 +274,8 @@ def stage_run(experiment: str, stage: str, params: dict, round_name: str | None 
     active = mlflow.active_run()
     opened = active is None or active.data.tags.get("dvc_stage") != dvc_stage
     if opened:
-        tags = {"stage": stage, "git_commit": git_commit(), "dvc_stage": dvc_stage, "workdir": str(Path.cwd())}
-        if round_name is not None:
-            tags["round"] = round_name
-        mlflow.start_run(run_name=dvc_stage, tags=redact(tags, secrets), nested=active is not None)
+        mlflow.start_run(run_name=dvc_stage, tags=redact(_run_tags(stage, dvc_stage, round_name), secrets),
+                         nested=active is not None)
     try:
         flat = redact({k: str(v) for k, v in _flatten(params).items()}, secrets)
         # MLflow caps param values at 6000 chars and batches of 100.
