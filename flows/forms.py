@@ -6,6 +6,7 @@ form run edits params.yaml exactly as the same keys typed into ``overrides`` wou
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,4 +72,36 @@ def round_overrides(settings: RoundSettings, names: list[str], algos: dict[str, 
             raise ValueError(f"round_settings.{field}: round {r} is a {algo} round, which has no {field} (fix: clear "
                              f"it, or set algo to one of {list(_FIELDS[field])})")
         out[f"rounds.{r}.{algo}.{field}"] = value
+    return out
+
+
+def current_values(resolved: dict) -> dict[str, str]:
+    """What each form field keeps when left empty: the values of ``resolved`` params (Params.resolved()) for the
+    last round, as the form shows them. Fields the last round's algorithm lacks say so instead of a value."""
+    rounds: dict = resolved.get("rounds", {})
+    if not rounds:
+        return {"rounds": "0"}
+    last = list(rounds)[-1]
+    rnd = rounds[last]
+    out = {"rounds": f"{len(rounds)} (" + ", ".join(f"{n} {r['algo']}" for n, r in rounds.items()) + ")",
+           "round": last, "algo": rnd["algo"], "n": str(rnd["generate"]["n"])}
+    for field, algos in _FIELDS.items():
+        out[field] = (f"{rnd[rnd['algo']][field]}" if rnd["algo"] in algos
+                      else f"none ({last} is a {rnd['algo']} round; {'/'.join(algos)} rounds only)")
+    return out
+
+
+def with_current_values(schema: dict, current: dict[str, str]) -> dict:
+    """A copy of a flow's parameter schema whose ``rounds`` and round-settings field descriptions end with the
+    value each keeps when left empty, so the run form shows params.yaml's values beside the 0/empty defaults."""
+    out = deepcopy(schema)
+    note = "params.yaml now: {}."
+
+    def add(prop: dict, key: str) -> None:
+        if key in current:
+            prop["description"] = f"{prop.get('description', '').rstrip()} {note.format(current[key])}".strip()
+
+    add(out.get("properties", {}).get("rounds", {}), "rounds")
+    for key, prop in out.get("definitions", {}).get("RoundSettings", {}).get("properties", {}).items():
+        add(prop, key)
     return out

@@ -26,7 +26,10 @@ import threading
 from pathlib import Path
 
 from prefect import serve
+from prefect.utilities.callables import ParameterSchema
 
+from alignloop.core.config import load_params
+from flows.forms import current_values, with_current_values
 from flows.pipeline import pipeline, round_flow
 from flows.registry import registry_flow
 
@@ -41,6 +44,12 @@ def _serve(project: str, prefix: str, cron: str, paused: bool) -> None:
         tags=["alignloop"], description="Curate → SFT → reward model → rounds → report, by `dvc repro` per stage, "
         "on a cron schedule (or Run → Custom run). Set `rounds` to add rounds; the round settings and `overrides` are "
         "written into params.yaml, so `dvc repro` reproduces the run.")
+    # The form's empty/0 fields keep params.yaml's values; its field descriptions say what those are (as of now:
+    # the form is drawn from the schema registered here, so a restart of flows.serve refreshes them). Prefect has no
+    # public setter for a deployment's parameter schema; the pinned version's attribute is checked by the tests.
+    whole._parameter_openapi_schema = ParameterSchema(**with_current_values(
+        whole._parameter_openapi_schema.model_dump(),
+        current_values(load_params(Path(project) / "params.yaml").resolved())))
     one = round_flow.to_deployment(
         name=names[1], concurrency_limit=1, parameters={"project_dir": project}, tags=["alignloop"],
         description="One round's stages on demand (after bringing what it depends on up to date).")

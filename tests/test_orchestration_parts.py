@@ -244,3 +244,29 @@ def test_the_pipeline_form_has_typed_fields_not_nullable_unions():
     nullable = [name for fields in (props, settings) for name, f in fields.items()
                 if any(alt.get("type") == "null" for alt in f.get("anyOf", []))]
     assert nullable == [], nullable
+
+
+def test_the_form_says_what_its_empty_fields_keep():
+    """Hand-built resolved params (two rounds, the last a PPO round): each field's description ends with the value
+    that leaving it empty keeps; a field the round's algorithm lacks says so."""
+    from flows.forms import current_values, with_current_values
+
+    resolved = {"rounds": {
+        "r1": {"algo": "dpo", "generate": {"n": 4}, "dpo": {"lr": 5e-4, "beta": 0.3, "epochs": 1.0}},
+        "r2": {"algo": "ppo", "generate": {"n": 2}, "ppo": {"lr": 1e-4, "iterations": 40}}}}
+    current = current_values(resolved)
+    assert current == {"rounds": "2 (r1 dpo, r2 ppo)", "round": "r2", "algo": "ppo", "n": "2", "lr": "0.0001",
+                       "iterations": "40", "beta": "none (r2 is a ppo round; dpo rounds only)",
+                       "epochs": "none (r2 is a ppo round; dpo/raft rounds only)"}
+    schema = {"properties": {"rounds": {"type": "integer", "description": "total number of rounds."},
+                             "overrides": {"type": "object", "description": "other params."}},
+              "definitions": {"RoundSettings": {"properties": {"beta": {"description": "KL strength."},
+                                                               "lr": {}}}}}
+    out = with_current_values(schema, current)
+    assert out["properties"]["rounds"]["description"] == "total number of rounds. params.yaml now: 2 (r1 dpo, r2 ppo)."
+    assert out["properties"]["overrides"] == schema["properties"]["overrides"]
+    settings = out["definitions"]["RoundSettings"]["properties"]
+    assert settings["beta"]["description"] == "KL strength. params.yaml now: none (r2 is a ppo round; dpo rounds only)."
+    assert settings["lr"]["description"] == "params.yaml now: 0.0001."
+    assert schema["properties"]["rounds"]["description"] == "total number of rounds."  # the input is not changed
+    assert current_values({"rounds": {}}) == {"rounds": "0"}

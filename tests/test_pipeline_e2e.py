@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from _project import BIN, REPO, flow_env, init_project, read, sh
+from bench.ui_walkthrough import browser_missing
 
 pytestmark = pytest.mark.in_file_order
 
@@ -212,7 +213,8 @@ def test_registry_flow_promotes_and_rolls_back(project):
 
 def test_mlflow_server_on_the_store_shows_runs_and_registered_versions(project, tmp_path):
     """As a user would open it: `mlflow server` (what `mlflow ui` runs) on the project's store, read through
-    its REST API (no browser on this machine; the UI's pages are drawn from these same endpoints)."""
+    its REST API (the UI's pages are drawn from these same endpoints; test_the_ui_walkthrough_in_a_browser opens
+    the pages themselves where Chromium is installed)."""
     import urllib.parse
     import urllib.request
 
@@ -295,14 +297,17 @@ def _wait_for(what: str, check, timeout: float, procs: list) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_served_deployment_runs_on_a_real_prefect_server(project, tmp_path):
-    """As a new user would: `prefect server start`, `python -m flows.serve`, `prefect deployment run -p ...`."""
+@pytest.fixture(scope="module")
+def served(project, tmp_path_factory):
+    """A real Prefect server and `python -m flows.serve` on the project, started as the README says."""
     import urllib.request
+    from types import SimpleNamespace
 
     port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_API_URL": api,
-           "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    base = f"http://127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("served")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_API_URL": f"{base}/api",
+           "PREFECT_HOME": str(logs / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db"}
 
     def get(url: str) -> tuple[int, str]:
@@ -312,15 +317,12 @@ def test_served_deployment_runs_on_a_real_prefect_server(project, tmp_path):
         except OSError:
             return 0, ""
 
-    logs = tmp_path / "logs"
-    logs.mkdir()
     server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                               stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
     serve = None
-    params_before = (project / "params.yaml").read_text()
     try:
-        _wait_for("prefect server health", lambda: get(f"{api}/health")[0] == 200, 180, [server])
-        assert "<html" in get(f"http://127.0.0.1:{port}/")[1].lower()  # the UI is served too
+        _wait_for("prefect server health", lambda: get(f"{base}/api/health")[0] == 200, 180, [server])
+        assert "<html" in get(f"{base}/")[1].lower()  # the UI is served too
         # From the repository root, as the README says: flows/ and tasks/ are not installed packages.
         serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--project-dir", str(project),
                                   "--stop-timeout", "10"], env=env,
@@ -328,6 +330,22 @@ def test_served_deployment_runs_on_a_real_prefect_server(project, tmp_path):
         inspect = ["prefect", "deployment", "inspect", "alignloop-pipeline/pipeline-on-schedule"]
         _wait_for("the served deployment",
                   lambda: subprocess.run(inspect, env=env, capture_output=True).returncode == 0, 180, [server, serve])
+        yield SimpleNamespace(base=base, env=env, logs=logs, server=server, serve=serve)
+    finally:
+        for proc in (serve, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def test_served_deployment_runs_on_a_real_prefect_server(project, served):
+    """As a new user would: `prefect server start`, `python -m flows.serve`, `prefect deployment run -p ...`."""
+    env = served.env
+    params_before = (project / "params.yaml").read_text()
+    try:
         for name in ("alignloop-round/one-round-on-demand", "alignloop-registry/registry-operations"):
             # names that say what they do
             assert subprocess.run(["prefect", "deployment", "inspect", name], env=env, capture_output=True).returncode == 0
@@ -336,28 +354,21 @@ def test_served_deployment_runs_on_a_real_prefect_server(project, tmp_path):
                               "--watch", "--watch-timeout", "600"],
                              env=env, capture_output=True, text=True, timeout=700)
         assert run.returncode == 0 and "Completed" in run.stdout, (run.stdout[-3000:], run.stderr[-3000:],
-                                                                    (logs / "serve.log").read_text()[-5000:])
+                                                                    (served.logs / "serve.log").read_text()[-5000:])
         # The parameter reached the run, which wrote it where DVC and the next person can see it.
         assert yaml.safe_load((project / "params.yaml").read_text())["orchestration"]["retry_delay_s"] == 2.0
-        cron = subprocess.run(inspect, env=env, capture_output=True, text=True).stdout
-        assert "0 2 * * *" in cron
-        # Stopping the server first, then flows.serve: it must still stop, promptly and cleanly (it used to hang on
-        # SIGTERM, retrying calls to the gone server, until SIGKILLed).
-        server.terminate()
-        server.wait(timeout=60)
-        import time
+        inspect = subprocess.run(["prefect", "deployment", "inspect", "alignloop-pipeline/pipeline-on-schedule"],
+                                 env=env, capture_output=True, text=True).stdout
+        assert "0 2 * * *" in inspect
+        # The form's fields say what their empty values keep (params.yaml when served: two DPO rounds, TINY's beta).
+        import urllib.request
 
-        t0 = time.time()
-        serve.terminate()
-        assert serve.wait(timeout=60) == 0 and time.time() - t0 < 30, (logs / "serve.log").read_text()[-3000:]
+        with urllib.request.urlopen(f"{served.base}/api/deployments/name/alignloop-pipeline/pipeline-on-schedule") as r:
+            schema = json.loads(r.read())["parameter_openapi_schema"]
+        assert schema["properties"]["rounds"]["description"].endswith("params.yaml now: 2 (r1 dpo, r2 dpo).")
+        beta = schema["definitions"]["RoundSettings"]["properties"]["beta"]["description"]
+        assert beta.endswith(f"params.yaml now: {TINY['dpo']['beta']}."), beta
     finally:
-        for proc in (serve, server):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
         (project / "params.yaml").write_text(params_before)
 
 
@@ -386,6 +397,50 @@ def test_failing_stage_fails_the_flow_with_the_stages_error(project):
     assert {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")} <= {"resolve"}, out
     out = sh(["dvc", "repro"], project).stdout
     assert "Running stage" not in out, out
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "Chromium is here")
+def test_the_ui_walkthrough_in_a_browser(project, served, tmp_path):
+    """bench/ui_walkthrough.py's walk, in headless Chromium, on this project: the deployments list, the pipeline's
+    Custom-run form (typing the number of rounds params.yaml has: nothing reruns), the finished run and its Artifacts
+    tab; MLflow's runs list, a DPO run (status, lineage tags, curves), the registered model (aliases) and the FAILED
+    run the previous test left, with its error. Screenshots in tmp_path."""
+    import urllib.request
+
+    from bench.ui_walkthrough import Walk, mlflow_walk, prefect_walk, wait
+
+    before = {f: (project / f).read_text() for f in ("params.yaml", "dvc.lock")}
+    port = _free_port()
+    mlflow_url = f"http://127.0.0.1:{port}"
+    ui = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", f"sqlite:///{project}/mlflow.db", "--host",
+                           "127.0.0.1", "--port", str(port)], env=served.env,
+                          stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT)
+    walk = Walk(tmp_path)
+    try:
+        run = prefect_walk(walk, served.base, len(ROUNDS), ["e2e-rounds", "e2e-rounds-summary"])
+        wait("the MLflow UI", lambda: urllib.request.urlopen(f"{mlflow_url}/health", timeout=2), 120)
+        mlflow_walk(walk, mlflow_url, "e2e", "e2e-policy",
+                    failed={"run": "pairs_r1", "error": "no prompt produced a pair with margin >= 1000"})
+    finally:
+        walk.close()
+        ui.terminate()
+        ui.wait(timeout=30)
+    assert walk.missing() == [], (walk.missing(), run["state_type"], (served.logs / "serve.log").read_text()[-3000:])
+    assert run["parameters"]["rounds"] == len(ROUNDS)  # the typed value reached the run
+    assert {f: (project / f).read_text() for f in before} == before  # and, as many rounds as there were, changed nothing
+
+
+def test_flows_serve_stops_promptly_when_its_server_is_gone(served):
+    """Stopping the server first, then flows.serve: it must still stop, promptly and cleanly (it used to hang on
+    SIGTERM, retrying calls to the gone server, until SIGKILLed)."""
+    import time
+
+    served.server.terminate()
+    served.server.wait(timeout=60)
+    t0 = time.time()
+    served.serve.terminate()
+    assert served.serve.wait(timeout=60) == 0 and time.time() - t0 < 30, (served.logs / "serve.log").read_text()[-3000:]
 
 
 def test_dvc_dag_metrics_plots(project):

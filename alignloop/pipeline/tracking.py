@@ -129,7 +129,7 @@ class _Run:
 
 # MLflow's own metadata for what kind of work an experiment holds. It does not choose the UI's view: MLflow 3.17 opens
 # every experiment in its GenAI view until the user picks "Model training" (or the URL has
-# ?workflowType=machine_learning; checked in a browser, see bench/mlflow_ui_screenshot.py and the README).
+# ?workflowType=machine_learning; checked in a browser, see bench/ui_walkthrough.py and the README).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
