@@ -48,10 +48,17 @@ lock:
 	  --generate-hashes --no-emit-find-links --no-emit-index-url -o requirements-bootstrap.lock -
 
 # A git repo and a DVC project are part of set-up where missing (e.g. from a source tarball).
+# The DVC cache links outputs into the workspace instead of copying them (a 15 GB policy stored once, committed in
+# about a second): reflink where the filesystem has it (copy-on-write: safe), else hard links (DVC makes the files
+# read-only; edit an output by hand only after `dvc unprotect <path>`), else copies. Machine-specific, so it goes into
+# .dvc/config.local; one already set there is kept (README "Disk and hashing at model scale").
 init: setup
 	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 || git init -q
 	@[ -d .dvc ] || $(BIN)/dvc init -q
 	@$(BIN)/dvc config core.analytics false
+	@$(BIN)/dvc config --local cache.type >/dev/null 2>&1 || { t=$$(mktemp -p .dvc); \
+	  if cp --reflink=always $$t $$t.r 2>/dev/null; then c=reflink,copy; else c=hardlink,copy; fi; rm -f $$t $$t.r; \
+	  $(BIN)/dvc config --local cache.type $$c && echo "dvc cache.type: $$c (.dvc/config.local)"; }
 
 repro: init
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && alignloop render --check && dvc repro

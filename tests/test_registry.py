@@ -11,7 +11,7 @@ import yaml
 
 pytestmark = pytest.mark.in_file_order  # one scenario over one shared project (see the module docstring)
 
-from alignloop.pipeline import registry
+from alignloop.pipeline import registry, tracking
 from alignloop.pipeline.registry import RegistryError
 
 PARAMS = {
@@ -73,7 +73,9 @@ def test_rounds_register_versions_with_tags_aliases_and_gate(project):
     assert rows["3"]["aliases"] == ["candidate"] and rows["2"]["aliases"] == ["champion"]
     t = rows["2"]["tags"]
     assert t["round"] == "r2" and t["algo"] == "dpo" and t["parent_version"] == "1" and t["prev"] == "r1"
-    assert t["metric.gold_reward"] == "0.7" and len(t["policy_md5"]) == 32 and "git_commit" in t
+    assert t["metric.gold_reward"] == "0.7" and "git_commit" in t
+    # the policy's identity is its DVC md5, as dvc.lock records the policy directory
+    assert t["policy_md5"] == tracking.dvc_md5(project / "data/rounds/r2/policy") and t["policy_md5"].endswith(".dir")
     assert "dvc_lock_md5" in t and "dvc.params_md5" in t
     assert rows["1"]["tags"]["parent_version"] == "sft"
     # The decision and its reasons are the version's description.
@@ -157,6 +159,24 @@ def test_models_uri_resolves_to_a_usable_local_path_and_checks_content(project):
         registry.resolve("models:/reg-policy@champion")
     with pytest.raises(RegistryError, match="not a model URI"):
         registry.resolve("runs:/abc/model")
+
+
+def test_a_version_registered_with_the_old_hash_is_still_checked(project):
+    """Versions registered before the policy hash became DVC's carry a 32-digit md5 over names and bytes."""
+    import hashlib
+
+    policy = project / "data/rounds/r1/policy"
+    h = hashlib.md5()
+    for f in sorted(p for p in policy.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(policy)).encode())
+        h.update(f.read_bytes())
+    c = registry.client()
+    c.create_registered_model("reg-policy")
+    c.create_model_version("reg-policy", source=str(policy), tags={"round": "r1", "policy_md5": h.hexdigest()})
+    assert registry.resolve("models:/reg-policy/1") == str(policy)
+    (policy / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(RegistryError, match="content changed since it was registered"):
+        registry.resolve("models:/reg-policy/1")
 
 
 def test_log_weights_uploads_them_as_artifacts(project):

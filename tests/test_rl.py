@@ -151,3 +151,23 @@ def test_prompt_schedule_walks_a_seeded_shuffle_and_is_fixed_by_iteration():
     assert prompt_schedule(5, 3, 1, seed=7) == prompt_schedule(5, 3, 1, seed=7)  # what a resume relies on
     assert sorted(prompt_schedule(5, 5, 0, seed=7)) == list(range(5))  # a pass covers every prompt once
     assert prompt_schedule(2, 5, 0, seed=1)[:2] != [] and len(prompt_schedule(2, 5, 0, seed=1)) == 5  # batch > prompts
+
+
+def test_the_kl_guard_snapshot_holds_only_what_training_changes_and_restores_it():
+    import torch
+
+    from alignloop.ml.ppo import restore_snapshot, trainable_snapshot
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # a frozen base, as under LoRA
+    frozen, before = model[0].weight.clone(), model[1].weight.clone()
+    snap = trainable_snapshot(model)
+    assert set(snap) == {"1.weight", "1.bias"}  # no copy of the frozen layer
+    with torch.no_grad():
+        model[1].weight.add_(1.0)  # an optimiser step
+    assert not torch.equal(model[1].weight, before)
+    restore_snapshot(model, snap)
+    assert torch.equal(model[1].weight, before) and torch.equal(model[0].weight, frozen)
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    assert torch.equal(snap["1.weight"], before)  # the snapshot is a copy, not a view of the live weights

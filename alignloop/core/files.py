@@ -11,12 +11,14 @@ import bz2
 import contextlib
 import glob
 import gzip
+import hashlib
 import json
 import lzma
 import math
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import zlib
@@ -467,13 +469,81 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc}) (fix: rerun the stage that produces it)") from None
 
 
-def hash_paths(paths: list[Path], h) -> None:
-    """Feed every file under ``paths`` (names and bytes, sorted) into the hashlib object ``h``."""
+# Bytes and files file_md5 has read in this process: tests and bench/scale_round.py count hash passes with it.
+HASHED = {"files": 0, "bytes": 0}
+
+
+def _md5_db(cache: str | Path) -> sqlite3.Connection:
+    Path(cache).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(cache), timeout=60)
+    db.execute("CREATE TABLE IF NOT EXISTS md5 (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, md5 TEXT)")
+    return db
+
+
+def file_md5(path: str | Path, cache: str | Path | None = None) -> str:
+    """md5 of a file's bytes (what DVC records for it). With ``cache`` (a sqlite file, created when missing) the
+    result is remembered by absolute path, size, mtime and inode — as DVC's own state database remembers its hashes —
+    so a multi-GB weight file that several stages, fingerprints and the registry ask about is read once, not once per
+    asker. A file that changes while it is read is not remembered."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    db = None
+    if cache is not None:
+        try:
+            db = _md5_db(cache)
+            row = db.execute("SELECT md5 FROM md5 WHERE path = ? AND size = ? AND mtime_ns = ? AND ino = ?", key).fetchone()
+        except sqlite3.DatabaseError:  # a damaged cache only costs a re-hash
+            if db is not None:
+                db.close()
+            db, row = None, None
+        if row:
+            db.close()
+            return row[0]
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            HASHED["bytes"] += len(chunk)
+    HASHED["files"] += 1
+    md5 = h.hexdigest()
+    if db is not None:
+        try:
+            after = path.stat()
+            if (after.st_size, after.st_mtime_ns, after.st_ino) == key[1:]:
+                with db:
+                    db.execute("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?)", (*key, md5))
+        except sqlite3.DatabaseError:
+            pass
+        finally:
+            db.close()
+    return md5
+
+
+def remember_md5(path: str | Path, md5: str, cache: str | Path) -> None:
+    """Record a file's md5 known from elsewhere (DVC's cache, whose entry the file is a link to) in ``cache``."""
+    path = Path(path)
+    st = path.stat()
+    try:
+        db = _md5_db(cache)
+    except sqlite3.DatabaseError:
+        return
+    try:
+        with db:
+            db.execute("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?)",
+                       (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, md5))
+    except sqlite3.DatabaseError:
+        pass
+    finally:
+        db.close()
+
+
+def hash_paths(paths: list[Path], h, cache: str | Path | None = None) -> None:
+    """Feed every file under ``paths`` (its name and its md5, sorted) into the hashlib object ``h``; the md5s come
+    from ``cache`` where a file is unchanged since it was last hashed (file_md5)."""
     for p in paths:
         p = Path(p)
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            h.update(file_md5(f, cache).encode())

@@ -124,7 +124,7 @@ class PPOTrainer:
         seq_kl = float(kl.sum(1).mean())  # mean over responses of the summed per-token KL to the reference
         if seq_kl > cfg.kl_limit:
             return {"kl_to_ref": seq_kl, "stop": True}
-        self._last_good = {k: v.detach().clone().cpu() for k, v in self.policy.state_dict().items()}
+        self._last_good = trainable_snapshot(self.policy)  # what the guard goes back to if the next rollout is over
 
         self.moments.update(b.scores)
         scores = rl.normalise_scores(b.scores, self.moments, cfg.reward_clip) if cfg.normalise_reward else b.scores
@@ -177,7 +177,7 @@ class PPOTrainer:
 
     def restore_last_good(self) -> None:
         if self._last_good is not None:
-            self.policy.load_state_dict(self._last_good)
+            restore_snapshot(self.policy, self._last_good)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -208,6 +208,19 @@ class PPOTrainer:
         self.moments.load_state_dict(state["moments"])
         self.iteration, self.history = state["iteration"], state["history"]
         torch.set_rng_state(state["rng"])
+
+
+def trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters training can change: with LoRA the adapters only, not the frozen base (a
+    whole-model copy per iteration is 15 GB of host memory at 7B); in full fine-tuning, all of them."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_snapshot(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in snap:
+                p.copy_(snap[n])
 
 
 def prompt_schedule(num_prompts: int, batch: int, iteration: int, seed: int) -> list[int]:

@@ -17,18 +17,20 @@ from alignloop.core import files
 COMPLETE = "COMPLETE"  # written into a checkpoint folder only after the Trainer has finished writing it
 
 
-def checkpoint_dir(root: str | Path, key: str, params, settings: dict, inputs: list[str], code: list[Path]) -> Path:
+def checkpoint_dir(root: str | Path, key: str, params, settings: dict, inputs: list[str], code: list[Path],
+                   hash_cache: str | Path | None = None) -> Path:
     """Where a training run keeps its resumable checkpoints: ``<root>/<key>/<fingerprint>``.
 
     The fingerprint covers the stage's settings, the model and shared training settings (LoRA, gradient
     checkpointing, distribution), the number of worker processes, every input file and the stage's code (its spec's
     code list: the same files DVC tracks), so a checkpoint is only ever resumed by the run that would have produced
-    it; checkpoints of other fingerprints under ``key`` are deleted.
+    it; checkpoints of other fingerprints under ``key`` are deleted. Files are hashed through ``hash_cache``
+    (core.files.file_md5), so weights another stage already hashed are not read again.
     """
     settings = {**settings, "model": params.model.model_dump(), "train": params.train.model_dump(),
                 "world_size": os.environ.get("WORLD_SIZE", "1")}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    files.hash_paths([Path(x) for x in inputs] + list(code), h)
+    files.hash_paths([Path(x) for x in inputs] + list(code), h, hash_cache)
     root = Path(root)
     path = root / key / h.hexdigest()[:16]
     for stale in (root / key).glob("*") if (root / key).is_dir() else []:

@@ -106,4 +106,8 @@ REPORT_SUMMARY = f"{REPORT}/summary.json"
 STATE = ".alignloop"
 CKPT_ROOT = f"{STATE}/ckpt"
 SHARD_ROOT = f"{STATE}/shards"
+# md5 of every file some stage, fingerprint or the registry hashed, by path, size, mtime and inode (a sqlite file),
+# so each weight file is read once, not once per asker (core.files.file_md5); a lost cache only costs re-hashing.
+HASH_CACHE = f"{STATE}/md5.sqlite"
+DVC_CACHE = ".dvc/cache/files/md5"  # DVC 3's content-addressed cache: <md5[:2]>/<md5[2:]> (a directory: + ".dir")
 LLM_JUDGE_CACHE = f"{STATE}/llm_judge_cache"  # one file per judgment; kept, so a rerun costs no calls

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from alignloop.pipeline.tracking import DEFAULT_TRACKING_URI, content_hash, store_lock
@@ -201,11 +202,27 @@ def resolve(uri: str) -> str:
     mlflow.set_registry_uri(tracking_uri())
     path = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     expected = v.tags.get("policy_md5")
-    if expected and content_hash(path) != expected:
+    # Versions registered before the hash was DVC's (32 hex digits for a directory, no ".dir") keep their old check.
+    legacy = expected and Path(path).is_dir() and not expected.endswith(".dir")
+    if expected and (_legacy_content_hash(path) if legacy else content_hash(path)) != expected:
         raise RegistryError(
             f"{uri} (version {v.version}) points at {v.source}, whose content changed since it was registered "
             f"(fix: `dvc checkout` the round that produced it, or register the current policy again)")
     return path
+
+
+def _legacy_content_hash(path: str | Path) -> str:
+    """The policy hash of versions registered by alignloop before 2026-12: md5 over names and bytes, sorted."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.md5()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def describe(decision: dict[str, Any]) -> str:

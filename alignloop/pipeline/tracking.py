@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alignloop.core.files import pid_alive
+from alignloop.core.files import file_md5, pid_alive, remember_md5
+from alignloop.pipeline import layout
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlartifacts"
@@ -157,23 +158,61 @@ def _mlflow(experiment: str):
     return mlflow
 
 
+def _lock_outs(lock: str = "dvc.lock") -> dict[str, str]:
+    """Every stage output dvc.lock records, path -> md5 ({} without a dvc.lock)."""
+    import yaml
+
+    if not Path(lock).exists():
+        return {}
+    data = yaml.load(Path(lock).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    return {o["path"]: o["md5"] for st in (data.get("stages") or {}).values() for o in st.get("outs") or []
+            if isinstance(o, dict) and "md5" in o}
+
+
+def _dvc_object(md5: str) -> Path:
+    return Path(layout.DVC_CACHE) / md5[:2] / md5[2:]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def remember_dvc_links(paths: list[str | Path], lock: str = "dvc.lock") -> int:
+    """Files under ``paths`` that are hard links into DVC's cache (cache.type hardlink) have the md5 their cache
+    entry is named by: record those in the hash cache without reading a byte. Returns how many were recorded."""
+    outs, n = _lock_outs(lock), 0
+    for path in map(Path, paths):
+        md5 = outs.get(path.as_posix())
+        if not md5:
+            continue
+        if md5.endswith(".dir"):
+            try:
+                listing = json.loads(_dvc_object(md5).read_text())
+            except (OSError, ValueError):
+                continue
+            pairs = [(path / e["relpath"], e["md5"]) for e in listing]
+        else:
+            pairs = [(path, md5)]
+        for f, m in pairs:
+            if _same_file(f, _dvc_object(m)):
+                remember_md5(f, m, layout.HASH_CACHE)
+                n += 1
+    return n
+
+
 def dvc_md5(path: str | Path) -> str:
     """The md5 DVC records for ``path`` in dvc.lock: of the bytes for a file; for a directory, of the JSON list of its
     files' ``{"md5", "relpath"}`` sorted by relpath, plus ``.dir`` (dvc-data's tree hash). Computed from the files the
-    stage is about to read, so a run's lineage tags are the inputs it used, not the previous execution's."""
+    stage is about to read, so a run's lineage tags are the inputs it used, not the previous execution's; each
+    file's md5 comes from the shared hash cache when the file is unchanged since someone hashed it (file_md5)."""
     path = Path(path)
-
-    def md5(f: Path) -> str:
-        h = hashlib.md5()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-
     if path.is_file():
-        return md5(path)
+        return file_md5(path, layout.HASH_CACHE)
     entries = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
-    listing = [{"md5": md5(f), "relpath": rel} for rel, f in entries]  # by relpath as a string, as DVC sorts
+    listing = [{"md5": file_md5(f, layout.HASH_CACHE), "relpath": rel} for rel, f in entries]  # by relpath, as DVC
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
@@ -185,8 +224,9 @@ def input_hashes(dvc_stage: str, dvc_yaml: str = "dvc.yaml") -> dict[str, str]:
     if not Path(dvc_yaml).exists():
         return {}
     stages = (yaml.load(Path(dvc_yaml).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
-    deps = ((stages.get("stages") or {}).get(dvc_stage) or {}).get("deps") or []
-    return {d: dvc_md5(d) if Path(d).exists() else "missing" for d in deps if isinstance(d, str)}
+    deps = [d for d in ((stages.get("stages") or {}).get(dvc_stage) or {}).get("deps") or [] if isinstance(d, str)]
+    remember_dvc_links([d for d in deps if Path(d).exists()])
+    return {d: dvc_md5(d) if Path(d).exists() else "missing" for d in deps}
 
 
 def _close_killed_runs(mlflow, dvc_stage: str) -> list[str]:
@@ -293,13 +333,5 @@ def stage_run(experiment: str, stage: str, params: dict, round_name: str | None 
 
 
 def content_hash(path: str | Path) -> str:
-    """md5 over the files of a directory (or one file), in sorted order: a model's content identity."""
-    path = Path(path)
-    h = hashlib.md5()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    """A model's content identity: its DVC md5 (``dvc_md5``: what dvc.lock records for the policy directory)."""
+    return dvc_md5(path)

@@ -65,7 +65,7 @@ def run(params, args) -> None:
     own_ref = Path(ref_dir).resolve() == Path(prev).resolve() and (peft is not None or d.precompute_ref_log_probs)
     ref = None if own_ref else load_causal_lm(ref_dir, params.model)
     ckpt = checkpoint_dir(layout.CKPT_ROOT, f"dpo_{r}", params, {"dpo": d.model_dump(), "seed": params.seed, "round": r},
-                          [prev, ref_dir, source], code_paths(SPECS[0], params, r))
+                          [prev, ref_dir, source], code_paths(SPECS[0], params, r), hash_cache=layout.HASH_CACHE)
     config = DPOConfig(**common_args(params, lr=d.lr, epochs=d.epochs, batch_size=d.batch_size, checkpoint=ckpt,
                                      checkpoint_every=d.checkpoint_every),
                        beta=d.beta, loss_type=[d.loss_type], label_smoothing=d.label_smoothing,

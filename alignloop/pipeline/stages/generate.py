@@ -60,7 +60,7 @@ SPECS = [StageSpec(
 def fingerprint(policy: str, settings: dict, code: list[Path]) -> str:
     """Content hash of everything the samples depend on (the spec's code list: the same files DVC tracks)."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    files.hash_paths([Path(policy), Path(PROMPTS)] + list(code), h)
+    files.hash_paths([Path(policy), Path(PROMPTS)] + list(code), h, layout.HASH_CACHE)
     return h.hexdigest()[:16]
 
 

@@ -68,7 +68,8 @@ def run(params, args) -> None:
 
     h = hashlib.sha256(json.dumps({"ppo": c.model_dump(), "seed": seed, "score": params.round_section(r, "score")
                                    .model_dump(), "model": params.model.model_dump()}, sort_keys=True).encode())
-    files.hash_paths([Path(start), Path(ref_dir), *map(Path, rm_dirs), Path(PROMPTS), *code_paths(SPECS[0], params, r)], h)
+    files.hash_paths([Path(start), Path(ref_dir), *map(Path, rm_dirs), Path(PROMPTS), *code_paths(SPECS[0], params, r)], h,
+                     layout.HASH_CACHE)
     ckpt = CKPT_ROOT / r / h.hexdigest()[:16]
     for stale in (CKPT_ROOT / r).glob("*") if (CKPT_ROOT / r).is_dir() else []:
         if stale != ckpt:

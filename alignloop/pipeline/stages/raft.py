@@ -63,7 +63,7 @@ def run(params, args) -> None:
     dataset = Dataset.from_list([{"prompt": as_messages(x["prompt"]),
                                   "completion": [{"role": "assistant", "content": x["response"]}]} for x in rows])
     ckpt = checkpoint_dir(layout.CKPT_ROOT, f"raft_{r}", params, {"raft": c.model_dump(), "seed": params.seed},
-                          [start, layout.raft_data(r)], code_paths(SPECS[0], params, r))
+                          [start, layout.raft_data(r)], code_paths(SPECS[0], params, r), hash_cache=layout.HASH_CACHE)
     config = SFTConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, checkpoint=ckpt,
                                      checkpoint_every=c.checkpoint_every), completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,

@@ -108,7 +108,7 @@ def train_member(params, seed: int, train_rows: list[dict], init: str, section=N
     c, spec = section or params.reward_model, spec or SPECS[0]
     data = JUDGE_TRAIN if spec.name == "judge_model" else TRAIN
     ckpt = checkpoint_dir(layout.CKPT_ROOT, key or f"reward_model/seed{seed}", params,
-                          {spec.name: c.model_dump(), "seed": seed}, [init, data], code_paths(spec, params))
+                          {spec.name: c.model_dump(), "seed": seed}, [init, data], code_paths(spec, params), hash_cache=layout.HASH_CACHE)
     config = RewardConfig(**{**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, checkpoint=ckpt,
                                            checkpoint_every=c.checkpoint_every),
                              "seed": seed, "data_seed": seed})

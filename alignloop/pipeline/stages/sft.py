@@ -40,7 +40,7 @@ def run(params, args) -> None:
     model = load_causal_lm(BASE, params.model)
     c = params.sft
     ckpt = checkpoint_dir(layout.CKPT_ROOT, "sft", params, params.model_dump(include={"sft", "seed"}), [BASE, DATA],
-                          code_paths(SPECS[0], params))
+                          code_paths(SPECS[0], params), hash_cache=layout.HASH_CACHE)
     config = SFTConfig(**common_args(params, lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, warmup_ratio=c.warmup_ratio,
                                      checkpoint=ckpt, checkpoint_every=c.checkpoint_every),
                        completion_only_loss=True, packing=c.packing)  # packing False: TRL's default
