@@ -89,8 +89,15 @@ def test_a_stage_start_reads_linked_weights_not_at_all_and_copies_once(tmp_path,
     assert tracking.input_hashes("generate_r2") == {"data/rounds/r1/policy": md5}  # what dvc.lock says
     assert n == (0 if link else 7000)
     assert read_bytes_during(lambda: tracking.content_hash("data/rounds/r1/policy")) == 0
-    # a linked file whose cache entry does not match is read (never trusted by name alone)
+    # a linked file whose cache entry does not match is read (never trusted by name alone), and so is one written
+    # in place after dvc.lock (the cache entry changed with it: its name no longer says its content)
     if link:
+        shard = tmp_path / "data/rounds/r1/policy/model-00001-of-00002.safetensors"
+        os.utime(tmp_path / "dvc.lock", ns=(3 * 10**18, 3 * 10**18))
+        os.utime(shard, ns=(4 * 10**18, 4 * 10**18))  # (an in-place write: same inode, later mtime)
+        for f in (tmp_path / layout.HASH_CACHE).parent.glob("md5.sqlite*"):
+            f.unlink()  # (so that the fast path is what decides)
+        assert read_bytes_during(lambda: tracking.input_hashes("generate_r2")) == 4000
         (tmp_path / "data/rounds/r1/policy/model-00002-of-00002.safetensors").unlink()
         (tmp_path / "data/rounds/r1/policy/model-00002-of-00002.safetensors").write_bytes(b"retrained")
         assert read_bytes_during(lambda: tracking.input_hashes("generate_r2")) == len(b"retrained")

@@ -182,8 +182,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def remember_dvc_links(paths: list[str | Path], lock: str = "dvc.lock") -> int:
     """Files under ``paths`` that are hard links into DVC's cache (cache.type hardlink) have the md5 their cache
-    entry is named by: record those in the hash cache without reading a byte. Returns how many were recorded."""
+    entry is named by: record those in the hash cache without reading a byte. Returns how many were recorded.
+    A link modified after dvc.lock was written (written in place: the cache entry changed with it) is not trusted."""
     outs, n = _lock_outs(lock), 0
+    if not outs:
+        return 0
+    written = Path(lock).stat().st_mtime_ns
     for path in map(Path, paths):
         md5 = outs.get(path.as_posix())
         if not md5:
@@ -197,7 +201,7 @@ def remember_dvc_links(paths: list[str | Path], lock: str = "dvc.lock") -> int:
         else:
             pairs = [(path, md5)]
         for f, m in pairs:
-            if _same_file(f, _dvc_object(m)):
+            if _same_file(f, _dvc_object(m)) and f.stat().st_mtime_ns <= written:
                 remember_md5(f, m, layout.HASH_CACHE)
                 n += 1
     return n
