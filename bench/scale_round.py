@@ -216,8 +216,9 @@ def disk_bytes(*roots: Path) -> int:
     return total
 
 
-def run_size(gb: float, work: Path, env: dict, cache_type: str = "") -> dict:
-    """One simulated round at ``gb`` GB of weights with DVC's ``cache_type`` ('' = DVC's default, copy)."""
+def run_size(gb: float, work: Path, env: dict, cache_type: str = "", keep: bool = False) -> dict:
+    """One simulated round at ``gb`` GB of weights with DVC's ``cache_type`` ('' = DVC's default, copy); the project
+    is deleted afterwards unless ``keep``."""
     proj = work / f"p{gb:g}"
     shutil.rmtree(proj, ignore_errors=True)
     proj.mkdir(parents=True)
@@ -255,7 +256,7 @@ def run_size(gb: float, work: Path, env: dict, cache_type: str = "") -> dict:
            "disk": {"workspace": disk_bytes(proj / "data"), "workspace_and_cache": disk_bytes(proj / "data", proj / ".dvc/cache")}}
     # per kept policy (two are kept: sft and r1): workspace + cache over the weights' own size
     out["disk"]["per_policy_x"] = out["disk"]["workspace_and_cache"] / (2 * weights)
-    if not os.environ.get("SCALE_KEEP"):
+    if not keep:
         shutil.rmtree(proj, ignore_errors=True)
     return out
 
@@ -298,6 +299,7 @@ def main() -> int:
     ap.add_argument("--cache-type", default=None, help="DVC cache.type of the simulated project (default: what this "
                     "working copy's set-up chose: `dvc config cache.type`; '' for DVC's default, copy)")
     ap.add_argument("--work", default=None, help="where the throw-away projects go (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep each size's project under --work (to inspect it)")
     ap.add_argument("--table", nargs="*", help="print the table of these result files and exit")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--gb", type=float, help=argparse.SUPPRESS)
@@ -319,7 +321,7 @@ def main() -> int:
     sizes = []
     for gb in (float(x) for x in a.sizes.split(",")):
         print(f"{gb:g} GB, cache.type {cache_type or 'copy (default)'} ...", flush=True)
-        sizes.append(run_size(gb, work, env, cache_type))
+        sizes.append(run_size(gb, work, env, cache_type, keep=a.keep))
         r = sizes[-1]["round"]
         print(f"  machinery {r['machinery_s']:.1f} s (hash {r['hash_s']:.1f} s, {r['weight_passes']:.2f} passes; "
               f"dvc {r['dvc_s']:.1f} s), disk {sizes[-1]['disk']['per_policy_x']:.2f}× per policy", flush=True)
