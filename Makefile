@@ -61,7 +61,7 @@ init: setup
 	  $(BIN)/dvc config --local cache.type $$c && echo "dvc cache.type: $$c (.dvc/config.local)"; }
 
 repro: init
-	export PATH="$(CURDIR)/$(BIN):$$PATH" && alignloop render --check && dvc repro
+	export PATH="$(CURDIR)/$(BIN):$$PATH" && alignloop render --check && alignloop repro
 
 demo: repro
 	export PATH="$(CURDIR)/$(BIN):$$PATH" && dvc metrics show data/report/summary.json && cat data/report/rounds.json \

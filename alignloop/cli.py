@@ -112,6 +112,34 @@ def cmd_registry(args) -> int:
     return 0
 
 
+def cmd_retain(args) -> int:
+    """Drop old rounds' policy weights as ``retention`` in params.yaml says (or restore one)."""
+    from alignloop.pipeline import retention
+
+    params, root = load_params(args.params), Path(args.params).resolve().parent
+    if args.restore:
+        print(f"retention: {args.restore} restored ({retention.restore(root, params, args.restore)})")
+        return 0
+    if params.retention.keep_last == 0 and not args.dry_run:
+        print("retention.keep_last is 0: every round is kept (set it in params.yaml to drop older rounds)")
+        return 0
+    res = retention.apply(root, params, dry_run=args.dry_run)
+    for r, label in sorted(res["protected"].items()):
+        print(f"retention: keeping {r} ({label})")
+    print(f"retention: kept the last {params.retention.keep_last or 'all'}: {', '.join(res['kept_last']) or 'none'}; "
+          f"dropped {', '.join(res['drop']) or 'nothing new'}"
+          + (f" ({res['freed_bytes'] / 2**20:.1f} MiB freed)" if not args.dry_run else " (dry run)")
+          + (f"; dropped before: {', '.join(res['already_dropped'])}" if res["already_dropped"] else ""))
+    return 0
+
+
+def cmd_repro(args) -> int:
+    """``dvc repro`` that leaves the rounds retention dropped dropped (see alignloop.pipeline.retention.repro)."""
+    from alignloop.pipeline import retention
+
+    return retention.repro(Path(args.params).resolve().parent, args.dvc_args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="alignloop", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
@@ -134,9 +162,24 @@ def main(argv=None) -> int:
     p.add_argument("file", help="preset YAML: a partial params.yaml")
     p.add_argument("--dvc-exp", action="store_true", help="only print how to run the preset as a DVC experiment")
     p.set_defaults(fn=cmd_preset)
+    p = sub.add_parser("retain", help="drop old rounds' policy weights as params.yaml's retention says (--dry-run: "
+                       "only say what would go; --restore <round>: bring one back)")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--restore", metavar="ROUND", help="bring a dropped round's policy back (dvc pull, or re-run it)")
+    p.set_defaults(fn=cmd_retain)
+    p = sub.add_parser("repro", help="dvc repro, leaving rounds dropped by retention dropped (--allow-missing)")
+    p.add_argument("dvc_args", nargs="*", help="everything after `repro`, passed on to dvc repro as given")
+    p.set_defaults(fn=cmd_repro)
     p = sub.add_parser("params-ref", help="print the params reference (markdown)")
     p.set_defaults(fn=cmd_params_ref)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    passed_on = []
+    if "repro" in argv:  # `alignloop repro --force x`: dvc's options are dvc's, not for argparse to reject
+        i = argv.index("repro")
+        argv, passed_on = argv[: i + 1], argv[i + 1:]
     args = parser.parse_args(argv)
+    if args.cmd == "repro":
+        args.dvc_args = passed_on
     try:
         return args.fn(args)
     except ConfigError as exc:
@@ -144,8 +187,9 @@ def main(argv=None) -> int:
         return 2
     except Exception as exc:  # registry errors (and MLflow's own "not found") as one clear line
         from alignloop.pipeline.registry import RegistryError
+        from alignloop.pipeline.retention import RetentionError
 
-        if isinstance(exc, RegistryError) or type(exc).__name__ == "MlflowException":
+        if isinstance(exc, (RegistryError, RetentionError)) or type(exc).__name__ == "MlflowException":
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -24,9 +24,10 @@ from prefect.cache_policies import NO_CACHE
 from alignloop.core.config import ConfigError, Params, load_params
 from alignloop.pipeline.params_edit import edit_params
 from alignloop.pipeline.render import write_rendered
+from alignloop.pipeline.retention import RetentionError, dropped_paths, stale_after_retention
 from flows.forms import RoundSettings, round_overrides, rounds_after
 from flows.plan import Plan, must_run, read_plan
-from tasks._proc import stage_env
+from tasks._proc import StageFailed, error_text, stage_env, stream
 from tasks.artifacts import publish_pipeline, publish_round
 from tasks.gpu import ensure_limit, gpu_devices
 from tasks.stages import generate_shard, run_stage
@@ -57,10 +58,20 @@ def apply_run_params(project_dir: str, rounds: int | None, overrides: dict[str, 
 
 @task(name="dvc-status", cache_policy=NO_CACHE, retries=1)
 def stale_stages(project_dir: str, stage: str | None = None) -> list[str]:
-    """Stages ``dvc status`` reports as changed (one DVC call for the whole pipeline, or one stage)."""
+    """Stages ``dvc status`` reports as changed (one DVC call for the whole pipeline, or one stage), less those
+    whose only change is a policy retention dropped (its data "deleted" on purpose: nothing to re-run)."""
     cmd = [sys.executable, "-m", "dvc", "status", "--json", *([stage] if stage else [])]
     out = subprocess.run(cmd, cwd=project_dir, env=stage_env(None), capture_output=True, text=True, check=True).stdout
-    return sorted(json.loads(out or "{}"))
+    return stale_after_retention(json.loads(out or "{}"), dropped_paths(Path(project_dir)))
+
+
+@task(name="retention", cache_policy=NO_CACHE, retries=1)
+def apply_retention(project_dir: str) -> None:
+    """``alignloop retain``: drop old rounds' policies as params.yaml's retention says (the flow's last step)."""
+    log = get_run_logger()
+    code, lines = stream([sys.executable, "-m", "alignloop", "retain"], project_dir, stage_env(None), log.info)
+    if code != 0:
+        raise StageFailed("retention", code, error_text(lines), retryable=False)
 
 
 def _stage_task(params: Params, gpu: bool):
@@ -72,9 +83,12 @@ def _stage_task(params: Params, gpu: bool):
 def _step(name: str, root: str, params: Params, plan: Plan, devices: list[str], stale: set[str],
           ran: set[str]) -> dict:
     """One stage as a task; handed to DVC only if it may be stale, else reported up to date without a DVC call."""
-    gpu = name in plan.gpu
-    result = _stage_task(params, gpu)(name, root, devices if gpu else None,
-                                      current=not must_run(name, stale, ran, plan.upstream))
+    gpu, run = name in plan.gpu, must_run(name, stale, ran, plan.upstream)
+    gone = sorted(set(plan.deps.get(name, [])) & dropped_paths(Path(root))) if run else []
+    if gone:
+        raise RetentionError(f"stage {name} must run but reads {', '.join(gone)}, whose weights retention dropped "
+                             f"(fix: `alignloop retain --restore <round>` for {', '.join(gone)}, then run again)")
+    result = _stage_task(params, gpu)(name, root, devices if gpu else None, current=not run)
     ran.update(result["ran_stages"])
     return result
 
@@ -181,6 +195,8 @@ def pipeline(project_dir: str = ".", rounds: int = 0, round_settings: RoundSetti
             ran.update(s for x in out for s in x["ran_stages"])
             results += out
     results += [_step(name, root, params, plan, devices, stale, ran) for name in plan.after]
+    if params.retention.keep_last:
+        apply_retention(root)
     g = params.registry.gate
     publish_pipeline(root, params.experiment, [*g.beat_champion, *g.lower_bound, *g.min, *g.max], per_round)
     return results

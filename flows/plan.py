@@ -19,6 +19,7 @@ class Plan:
     after: list[str] = field(default_factory=list)               # report
     gpu: set[str] = field(default_factory=set)
     upstream: dict[str, set[str]] = field(default_factory=dict)  # stage -> stages whose outputs it reads
+    deps: dict[str, list[str]] = field(default_factory=dict)     # stage -> the paths it reads
 
 
 def _paths(entries: list) -> list[str]:
@@ -50,6 +51,7 @@ def read_plan(project_dir: str | Path, round_names: list[str]) -> Plan:
     stages = (yaml.safe_load((Path(project_dir) / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
     plan = Plan(rounds={r: [] for r in round_names}, upstream=upstream_of(stages))
     for name, stage in stages.items():
+        plan.deps[name] = _paths(stage.get("deps"))
         meta = stage.get("meta") or {}
         if meta.get("gpu"):
             plan.gpu.add(name)

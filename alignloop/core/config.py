@@ -399,6 +399,17 @@ class OrchestrationConfig(_Section):
         "Ray tasks with the Ray task runner). The merged samples are identical to one shard.")
 
 
+class RetentionConfig(_Section):
+    """Old rounds' policy weights (`alignloop retain`, run by the pipeline flow after the report): no DVC stage
+    depends on it, so changing it reruns nothing."""
+
+    keep_last: int = Field(0, ge=0, description="Keep the policies of the last N rounds that ran and drop older ones "
+                           "from the workspace and the DVC cache, never one the registry points at (an alias such as "
+                           "champion or candidate, or the rollback target). 0: keep every round.")
+    gc: bool = Field(False, description="Then also `dvc gc --workspace`: delete cache objects dvc.lock no longer names "
+                     "(outputs of earlier params, and of other git commits unless pushed to a DVC remote).")
+
+
 class LoraConfig(_Section):
     """Low-rank adapters (PEFT) instead of full fine-tuning; the stage merges them before saving a full model."""
 
@@ -514,6 +525,8 @@ class Params(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow model registry and promotion.")
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
                                                description="Prefect flow settings (retries, GPU slots, shards).")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig,
+                                       description="Dropping old rounds' policy weights (workspace and DVC cache).")
 
     @model_validator(mode="after")
     def _judge_has_data(self) -> "Params":

@@ -129,6 +129,48 @@ def versions(name: str) -> list[dict]:
     return sorted(rows, key=lambda r: int(r["version"]))
 
 
+def pointed_at(name: str) -> dict[str, dict]:
+    """The versions something points at — each alias (``champion``, ``candidate``, any other) and the
+    ``rollback target`` (the champion before the current one) — as label -> {version, round, md5}. {} while the
+    model is not registered yet. Retention keeps these policies' weights."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        model = _retry(c.get_registered_model, name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    labels = {alias: str(v) for alias, v in model.aliases.items()}
+    stack = champion_stack(_history(c, name))
+    if len(stack) >= 2:
+        labels["rollback target"] = stack[-2]
+    out = {}
+    for label, v in labels.items():
+        mv = _retry(c.get_model_version, name, v)
+        out[label] = {"version": v, "round": mv.tags.get("round"), "md5": mv.tags.get("policy_md5", "")}
+    return out
+
+
+def tag_round_versions(name: str, round_name: str, key: str, value: str | None, policy_md5: str | None = None) -> list[str]:
+    """Set (``value`` None: delete) tag ``key`` on the versions of ``round_name`` (those with ``policy_md5`` if
+    given); returns their numbers. How retention marks a round whose weights it dropped."""
+    c = client()
+    done = []
+    with store_lock():
+        for v in _retry(c.search_model_versions, f"name = '{name}' and tags.round = '{round_name}'"):
+            if policy_md5 is not None and v.tags.get("policy_md5") != policy_md5:
+                continue
+            if value is None:
+                if key in v.tags:
+                    _retry(c.delete_model_version_tag, name, v.version, key)
+            else:
+                _retry(c.set_model_version_tag, name, v.version, key, value)
+            done.append(str(v.version))
+    return done
+
+
 def history(name: str) -> list[dict]:
     return _history(client(), name)
 

@@ -158,7 +158,7 @@ def _mlflow(experiment: str):
     return mlflow
 
 
-def _lock_outs(lock: str = "dvc.lock") -> dict[str, str]:
+def lock_outs(lock: str = "dvc.lock") -> dict[str, str]:
     """Every stage output dvc.lock records, path -> md5 ({} without a dvc.lock)."""
     import yaml
 
@@ -169,7 +169,7 @@ def _lock_outs(lock: str = "dvc.lock") -> dict[str, str]:
             if isinstance(o, dict) and "md5" in o}
 
 
-def _dvc_object(md5: str) -> Path:
+def dvc_object(md5: str) -> Path:
     return Path(layout.DVC_CACHE) / md5[:2] / md5[2:]
 
 
@@ -184,7 +184,7 @@ def remember_dvc_links(paths: list[str | Path], lock: str = "dvc.lock") -> int:
     """Files under ``paths`` that are hard links into DVC's cache (cache.type hardlink) have the md5 their cache
     entry is named by: record those in the hash cache without reading a byte. Returns how many were recorded.
     A link modified after dvc.lock was written (written in place: the cache entry changed with it) is not trusted."""
-    outs, n = _lock_outs(lock), 0
+    outs, n = lock_outs(lock), 0
     if not outs:
         return 0
     written = Path(lock).stat().st_mtime_ns
@@ -194,14 +194,14 @@ def remember_dvc_links(paths: list[str | Path], lock: str = "dvc.lock") -> int:
             continue
         if md5.endswith(".dir"):
             try:
-                listing = json.loads(_dvc_object(md5).read_text())
+                listing = json.loads(dvc_object(md5).read_text())
             except (OSError, ValueError):
                 continue
             pairs = [(path / e["relpath"], e["md5"]) for e in listing]
         else:
             pairs = [(path, md5)]
         for f, m in pairs:
-            if _same_file(f, _dvc_object(m)) and f.stat().st_mtime_ns <= written:
+            if _same_file(f, dvc_object(m)) and f.stat().st_mtime_ns <= written:
                 remember_md5(f, m, layout.HASH_CACHE)
                 n += 1
     return n
