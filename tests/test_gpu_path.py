@@ -52,9 +52,37 @@ def test_launch_command_none(stage, n_gpus, env, mode):
     assert launch_command(stage, [], n_gpus=n_gpus, env=env, mode=mode) is None
 
 
+def test_launch_command_with_train_processes():
+    # no CUDA GPU: N CPU processes through the same accelerate launch (maybe_relaunch adds ACCELERATE_USE_CPU=1)
+    cmd = launch_command("sft", [], n_gpus=0, env={}, mode="auto", processes=2, python="py", config_dir=Path("/cfg"))
+    assert cmd == ["py", "-m", "accelerate.commands.launch", "--config_file", "/cfg/ddp.yaml", "--num_processes", "2",
+                   "-m", "alignloop.pipeline.stages.sft"]
+    # with GPUs, processes picks how many of them (1: train here)
+    assert launch_command("dpo", [], n_gpus=4, env={}, mode="auto", processes=1) is None
+    assert launch_command("dpo", [], n_gpus=4, env={}, mode="auto", processes=2)[6] == "2"
+    assert launch_command("sft", [], n_gpus=0, env={"WORLD_SIZE": "2"}, mode="auto", processes=2) is None  # a worker
+
+
+@pytest.mark.parametrize("n_gpus,mode,processes,message", [
+    (2, "auto", 4, "4 but 2 CUDA GPU"),               # more processes than GPUs
+    (0, "fsdp", 2, "'fsdp' needs CUDA GPUs"),          # sharded modes are GPU-only here
+    (0, "zero2", 2, "'zero2' needs CUDA GPUs"),
+])
+def test_launch_command_refuses_impossible_process_counts(n_gpus, mode, processes, message):
+    from alignloop.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        launch_command("sft", [], n_gpus=n_gpus, env={}, mode=mode, processes=processes)
+
+
+def test_train_processes_with_distributed_off_is_a_params_error():
+    with pytest.raises(ValueError, match="processes 2 with distributed 'off'"):
+        Params(train={"processes": 2, "distributed": "off"})
+
+
 def test_shipped_accelerate_configs():
     for name, kind in (("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("zero2", "DEEPSPEED")):
-        cfg = yaml.safe_load((REPO / "configs/accelerate" / f"{name}.yaml").read_text())
+        cfg = yaml.safe_load((REPO / "alignloop/ml/accelerate" / f"{name}.yaml").read_text())
         assert cfg["distributed_type"] == kind and cfg["num_machines"] == 1
         assert cfg["mixed_precision"] == "no"  # the Trainer sets bf16 from model.dtype
 

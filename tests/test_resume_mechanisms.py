@@ -37,7 +37,7 @@ def test_only_marked_checkpoints_count_and_the_newest_step_wins(tmp_path):
 
 
 def _params():
-    section = lambda **kw: types.SimpleNamespace(model_dump=lambda: kw)  # noqa: E731
+    section = lambda **kw: types.SimpleNamespace(model_dump=lambda **_: kw)  # noqa: E731
     return types.SimpleNamespace(model=section(name="m"), train=section(lora=False))
 
 
@@ -52,17 +52,41 @@ def test_a_checkpoint_is_keyed_by_settings_inputs_and_code_and_stale_ones_are_de
     _ckpt(first, 5, True)
     # Each kind of change gives another fingerprint, and the old checkpoints are deleted, never resumed from.
     changes = [lambda: ({"lr": 0.2}, None), lambda: ({"lr": 0.1}, data.write_text("b\n")),
-               lambda: ({"lr": 0.1}, code.write_text("x = 2\n")), lambda: ({"lr": 0.1}, monkeypatch.setenv("WORLD_SIZE", "2"))]
+               lambda: ({"lr": 0.1}, code.write_text("x = 2\n"))]
     seen = {first}
     for change in changes:
         settings, _ = change()
         path = checkpoint_dir(root, "sft", _params(), settings, [str(data)], [code])
         assert path not in seen and path.parent == root / "sft"
-        assert list((root / "sft").iterdir()) == []  # the previous fingerprint's folder is gone
+        assert list((root / "sft").iterdir()) == [path]  # the previous fingerprint's folder is gone
         seen.add(path)
         _ckpt(path, 5, True)
     assert checkpoint_dir(root, "other", _params(), {"lr": 0.1}, [str(data)], [code]).parent == root / "other"
     assert (root / "sft").is_dir() and any((root / "sft").iterdir())  # another key's checkpoints are not touched
+
+
+def test_a_checkpoint_written_by_another_process_count_is_refused_with_the_fix(tmp_path, monkeypatch):
+    from alignloop.core.config import ConfigError
+
+    data, code, root = tmp_path / "train.jsonl", tmp_path / "stage.py", tmp_path / "ckpt"
+    data.write_text("a\n")
+    code.write_text("x = 1\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under `accelerate launch --num_processes 2`, rank 0
+    monkeypatch.setenv("RANK", "0")
+    path = checkpoint_dir(root, "sft", _params(), {"lr": 0.1}, [str(data)], [code])
+    assert (path / "WORLD_SIZE").read_text() == "2"
+    _ckpt(path, 5, True)
+    assert checkpoint_dir(root, "sft", _params(), {"lr": 0.1}, [str(data)], [code]) == path  # same count: resumes
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    with pytest.raises(ConfigError, match=r"checkpoint-5 was written by 2 training process\(es\); this run has 1.*"
+                                          r"train\.processes: 2.*or delete"):
+        checkpoint_dir(root, "sft", _params(), {"lr": 0.1}, [str(data)], [code])
+    assert (path / "checkpoint-5" / COMPLETE).is_file()  # refused, not deleted
+    # without a complete checkpoint there is nothing to resume: the new count is simply recorded
+    (path / "checkpoint-5" / COMPLETE).unlink()
+    assert checkpoint_dir(root, "sft", _params(), {"lr": 0.1}, [str(data)], [code]) == path
+    assert (path / "WORLD_SIZE").read_text() == "1"
 
 
 # --- a real Trainer, interrupted and resumed ------------------------------------------------------------------

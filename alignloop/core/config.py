@@ -434,11 +434,19 @@ class TrainConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (PEFT).")
     distributed: Literal["auto", "off", "ddp", "fsdp", "zero2"] = Field(
         "auto", description="With more than one visible CUDA GPU the stage relaunches itself through `accelerate "
-        "launch` with configs/accelerate/ddp.yaml, fsdp.yaml or zero2.yaml (DeepSpeed ZeRO-2), one process per GPU "
+        "launch` with alignloop/ml/accelerate/ddp.yaml, fsdp.yaml or zero2.yaml (DeepSpeed ZeRO-2), one process per GPU "
         "(auto: ddp). off: one process. batch_size stays the global batch (split over the processes).")
+    processes: int = Field(0, ge=0, le=64, description="Training processes for sft, reward_model, dpo and raft, each "
+                           "with its share of every batch, gradients all-reduced (DDP). 0: one per visible CUDA GPU "
+                           "when there are two or more, else one process. N >= 2: N processes; on a machine without "
+                           "CUDA GPUs, N CPU processes over gloo (the multi-GPU code path, runnable anywhere). "
+                           "Every batch_size must be divisible by it. A checkpoint resumes only under the same count.")
 
     @model_validator(mode="after")
     def _lora_fsdp(self) -> "TrainConfig":
+        if self.processes >= 2 and self.distributed == "off":
+            raise ValueError(f"train.processes {self.processes} with distributed 'off' (fix: distributed: auto, or "
+                             "processes: 0)")
         if self.lora.enabled and self.distributed == "fsdp":
             raise ValueError("lora.enabled with distributed 'fsdp' is not supported here (merging sharded adapters "
                              "before the save) (fix: distributed: ddp or zero2)")

@@ -22,13 +22,20 @@ def checkpoint_dir(root: str | Path, key: str, params, settings: dict, inputs: l
     """Where a training run keeps its resumable checkpoints: ``<root>/<key>/<fingerprint>``.
 
     The fingerprint covers the stage's settings, the model and shared training settings (LoRA, gradient
-    checkpointing, distribution), the number of worker processes, every input file and the stage's code (its spec's
-    code list: the same files DVC tracks), so a checkpoint is only ever resumed by the run that would have produced
-    it; checkpoints of other fingerprints under ``key`` are deleted. Files are hashed through ``hash_cache``
+    checkpointing, distribution, process count), every input file and the stage's code (its spec's code list: the
+    same files DVC tracks), so a checkpoint is only ever resumed by the run that would have produced it;
+    checkpoints of other fingerprints under ``key`` are deleted. Files are hashed through ``hash_cache``
     (core.files.file_md5), so weights another stage already hashed are not read again.
+
+    The number of processes that wrote a checkpoint is kept beside it (``WORLD_SIZE``): a run with another count —
+    ``train.processes: 0`` on a machine whose GPU count changed, say — would shard the data and the optimizer
+    differently, so it is refused with the fix instead of resumed or silently restarted.
     """
-    settings = {**settings, "model": params.model.model_dump(), "train": params.train.model_dump(),
-                "world_size": os.environ.get("WORLD_SIZE", "1")}
+    from alignloop.core.config import ConfigError
+
+    # train.processes is left out: the count is checked against WORLD_SIZE below, so changing it refuses the
+    # checkpoint with the fix rather than deleting it as another run's
+    settings = {**settings, "model": params.model.model_dump(), "train": params.train.model_dump(exclude={"processes"})}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     files.hash_paths([Path(x) for x in inputs] + list(code), h, hash_cache)
     root = Path(root)
@@ -36,6 +43,18 @@ def checkpoint_dir(root: str | Path, key: str, params, settings: dict, inputs: l
     for stale in (root / key).glob("*") if (root / key).is_dir() else []:
         if stale != path:
             shutil.rmtree(stale, ignore_errors=True)
+    world, marker = os.environ.get("WORLD_SIZE", "1"), path / "WORLD_SIZE"
+    written = marker.read_text().strip() if marker.is_file() else None
+    resumable = last_complete_checkpoint(path)
+    if resumable is not None and written is not None and written != world:
+        raise ConfigError(
+            f"{resumable} was written by {written} training process(es); this run has {world}, and resuming across "
+            f"process counts would change the data order and optimizer state (fix: run with {written} processes, "
+            f"e.g. train.processes: {written}, to resume it, or delete {path} to start this training over)")
+    if written != world and os.environ.get("RANK", "0") == "0":
+        path.mkdir(parents=True, exist_ok=True)
+        with files.atomic_file(marker) as fh:
+            fh.write(world)
     return path
 
 
@@ -69,8 +88,14 @@ def train_resumable(trainer, label: str, log=None):
             return control
 
         def on_save(self, args, state, control, **kwargs):
+            # With several workers each writes its part (rank 0 the weights and optimizer, every rank its RNG
+            # state) and reaches this callback on its own: wait for all, then rank 0 alone marks the folder. A
+            # marker from whichever worker got here first could mark a folder a kill leaves without weights
+            # (seen: a 2-process resume failed with "Can't find a valid checkpoint").
+            if args.world_size > 1:
+                torch.distributed.barrier()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
+            if state.is_world_process_zero and folder.is_dir():
                 (folder / COMPLETE).write_text(str(state.global_step))
             return control
 
@@ -105,6 +130,12 @@ def common_args(params, *, lr: float, epochs: float, batch_size: int, warmup_rat
     # Under `accelerate launch` (alignloop/launch.py) each of WORLD_SIZE workers takes its share of batch_size, so
     # batch_size stays the examples per optimizer step whatever the GPU count. One process: WORLD_SIZE unset.
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size % world:
+        from alignloop.core.config import ConfigError
+
+        raise ConfigError(f"batch_size {batch_size} is not divisible by the {world} training processes, so the "
+                          f"global batch would shrink to {batch_size // world * world} (fix: a multiple of {world}, "
+                          "or another train.processes)")
     multi = dict(ddp_find_unused_parameters=False) if world > 1 else {}  # every parameter gets a gradient
     return dict(
         output_dir=str(checkpoint) if save else tempfile.mkdtemp(prefix="alignloop-trainer-"),

@@ -49,14 +49,16 @@ def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], Non
                 f"{args.params}: no round '{args.round}' under 'rounds' (fix: one of {[*extra_rounds, *params.rounds]}, "
                 "or add it and run `alignloop render`)"
             )
-        from alignloop.ml.launch import maybe_relaunch
+        from alignloop.ml.launch import die_with_parent, maybe_relaunch
 
-        # More than one GPU visible: a training stage reruns itself as one accelerate worker per GPU and exits with
-        # their status (alignloop/ml/launch.py); with one GPU or none, or any other stage, this is None and the stage
+        # More than one GPU visible, or train.processes >= 2: a training stage reruns itself as accelerate workers and
+        # exits with their status (alignloop/ml/launch.py); otherwise, or for any other stage, this is None and it
         # runs here (file-only stages do not import torch for the question).
-        code = maybe_relaunch(name, sys.argv[1:] if argv is None else list(argv), params.train.distributed)
+        code = maybe_relaunch(name, sys.argv[1:] if argv is None else list(argv), params.train.distributed,
+                              params.train.processes)
         if code is not None:
             return code
+        die_with_parent()  # a worker of such a relaunch ends with its launcher, killed or not
         if spec.gpu:  # the stages that run a model
             from alignloop.ml.modeling import set_threads
 
