@@ -8,7 +8,7 @@ modules as DVC would call them, at the demo's params, and reports per stage the 
 are from the one-process run's (max |difference|; 0 means bit-identical).
 
     python bench/multiprocess.py                 # 1 and 2 processes, ~8 min on 2 CPU cores
-    python bench/multiprocess.py --processes 1,2,4
+    python bench/multiprocess.py --processes 1,2,4 --stages sft,dpo_r1
 """
 
 from __future__ import annotations
@@ -44,14 +44,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--project", type=Path, default=REPO, help="a finished embedded pipeline (default: this repo)")
     ap.add_argument("--processes", default="1,2", help="process counts to compare, the first is the reference")
+    ap.add_argument("--stages", default=",".join(STAGES), help="which of the training stages to run")
     a = ap.parse_args()
+    chosen = {k: STAGES[k] for k in a.stages.split(",")}
     counts = [int(x) for x in a.processes.split(",")]
     work, env = scratch_copy(a.project, "alignloop-mp-", parts=(*PARTS, layout.round_dir("r1")))
     rows, ref = [], {}
     try:
         for n in counts:
             stages = set_params(work, env, lambda p: p.setdefault("train", {}).update(processes=n))
-            for name, (out, metrics_path) in STAGES.items():
+            for name, (out, metrics_path) in chosen.items():
                 shutil.rmtree(work / ".alignloop" / "ckpt", ignore_errors=True)  # a fresh run, not a resume
                 t = time.perf_counter()
                 run_stage(work, env, stages[name], name)
