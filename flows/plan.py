@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from alignloop.pipeline.render import entry_paths
+
 
 @dataclass
 class Plan:
@@ -22,11 +24,6 @@ class Plan:
     deps: dict[str, list[str]] = field(default_factory=dict)     # stage -> the paths it reads
 
 
-def _paths(entries: list) -> list[str]:
-    """Paths of a dvc.yaml deps/outs/metrics/plots list (entries are strings or {path: options})."""
-    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
-
-
 def _overlap(a: str, b: str) -> bool:
     a, b = a.rstrip("/"), b.rstrip("/")
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
@@ -34,8 +31,8 @@ def _overlap(a: str, b: str) -> bool:
 
 def upstream_of(stages: dict) -> dict[str, set[str]]:
     """For each stage, the stages producing a path it depends on (a dep equal to, inside or containing an out)."""
-    outs = {n: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots")) for n, s in stages.items()}
-    return {n: {m for m in stages if m != n and any(_overlap(d, o) for d in _paths(s.get("deps")) for o in outs[m])}
+    outs = {n: entry_paths(s.get("outs")) + entry_paths(s.get("metrics")) + entry_paths(s.get("plots")) for n, s in stages.items()}
+    return {n: {m for m in stages if m != n and any(_overlap(d, o) for d in entry_paths(s.get("deps")) for o in outs[m])}
             for n, s in stages.items()}
 
 
@@ -51,7 +48,7 @@ def read_plan(project_dir: str | Path, round_names: list[str]) -> Plan:
     stages = (yaml.safe_load((Path(project_dir) / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
     plan = Plan(rounds={r: [] for r in round_names}, upstream=upstream_of(stages))
     for name, stage in stages.items():
-        plan.deps[name] = _paths(stage.get("deps"))
+        plan.deps[name] = entry_paths(stage.get("deps"))
         meta = stage.get("meta") or {}
         if meta.get("gpu"):
             plan.gpu.add(name)

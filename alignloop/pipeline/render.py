@@ -25,6 +25,12 @@ RESOLVED_HEADER = ("# GENERATED from params.yaml and the code defaults by `align
                    "# Every value the stages read; each round's sections are merged over the top-level ones.\n")
 
 
+def entry_paths(entries: list | None) -> list[str]:
+    """Paths of a dvc.yaml deps/outs/metrics/plots list (entries are strings or {path: options}); for the readers of
+    the rendered file (flows/plan.py, retention)."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
 def _instances(params: Params, specs: list[StageSpec]) -> list[tuple[StageSpec, Ctx]]:
     """(spec, context) of every stage these params have, in run order: before, each round in turn, after."""
     out = [(s, Ctx(params)) for s in specs if s.scope == "before"]

@@ -219,8 +219,8 @@ def restore(root: Path, params, round_name: str, log=print) -> str:
     d = record[round_name]
     how = "pulled from the DVC remote"
     if _dvc(root, "pull", d["path"], check=False, capture=True).returncode != 0:  # no remote, or it lacks them
-        stage = _producer(root, d["path"])
-        missing = [p for p in _stage_deps(root, stage) if not (root / p).exists()]
+        stage, deps = _producer(root, d["path"])
+        missing = [p for p in deps if not (root / p).exists()]
         if missing:
             raise RetentionError(f"{stage} needs {', '.join(missing)}, dropped too (fix: restore those rounds first)")
         log(f"retention: no remote has {d['path']}; re-running {stage}")
@@ -254,21 +254,17 @@ def repro(root: Path, args: list[str], log=print) -> int:
     return _dvc(root, "repro", "--allow-missing", *args, check=False).returncode
 
 
-def _producer(root: Path, path: str) -> str:
+def _producer(root: Path, path: str) -> tuple[str, list[str]]:
+    """The stage of dvc.yaml that writes ``path``, and the paths it reads."""
     import yaml
+
+    from alignloop.pipeline.render import entry_paths
 
     stages = yaml.safe_load((root / layout.DVC_YAML).read_text()).get("stages", {})
     for name, st in stages.items():
-        if path in [o if isinstance(o, str) else next(iter(o)) for o in st.get("outs") or []]:
-            return name
+        if path in entry_paths(st.get("outs")):
+            return name, entry_paths(st.get("deps"))
     raise RetentionError(f"no stage in {layout.DVC_YAML} writes {path} (fix: `alignloop render`)")
-
-
-def _stage_deps(root: Path, stage: str) -> list[str]:
-    import yaml
-
-    st = yaml.safe_load((root / layout.DVC_YAML).read_text())["stages"][stage]
-    return [d if isinstance(d, str) else next(iter(d)) for d in st.get("deps") or []]
 
 
 def _dvc(root: Path, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
