@@ -58,8 +58,19 @@ def _sft_runs(root) -> list:
 
 
 def _workers_alive(root) -> list[str]:
+    """Command lines of sft stage processes (launcher or worker) still running in this project (by working dir)."""
+    import os
+
     out = subprocess.run(["pgrep", "-af", "alignloop.pipeline.stages.sft"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(root) in line or "--params" in line]
+    alive = []
+    for line in out.splitlines():
+        pid = line.split(maxsplit=1)[0]
+        try:
+            if os.path.realpath(f"/proc/{pid}/cwd") == os.path.realpath(root):
+                alive.append(line)
+        except OSError:  # it ended meanwhile
+            pass
+    return alive
 
 
 def test_two_cpu_processes_train_like_one_and_resume_only_with_two(tmp_path):
