@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import yaml
 from safetensors.torch import load_file
@@ -57,20 +58,30 @@ def _sft_runs(root) -> list:
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dvc_stage") == "sft"]
 
 
-def _workers_alive(root) -> list[str]:
-    """Command lines of sft stage processes (launcher or worker) still running in this project (by working dir)."""
+def _workers_alive(root, grace_s: float = 5.0) -> list[str]:
+    """Command lines of sft stage processes (launcher or worker) of this project (matched by working dir) still
+    running ``grace_s`` after the kill. The kernel SIGKILLs the workers when the launcher dies (PR_SET_PDEATHSIG),
+    but a loaded machine takes a moment to tear a killed process down; a worker that escaped the kill would still be
+    training after the grace period (a training step here takes well under a second)."""
     import os
 
-    out = subprocess.run(["pgrep", "-af", "alignloop.pipeline.stages.sft"], capture_output=True, text=True).stdout
-    alive = []
-    for line in out.splitlines():
-        pid = line.split(maxsplit=1)[0]
-        try:
-            if os.path.realpath(f"/proc/{pid}/cwd") == os.path.realpath(root):
-                alive.append(line)
-        except OSError:  # it ended meanwhile
-            pass
-    return alive
+    def alive() -> list[str]:
+        out = subprocess.run(["pgrep", "-af", "alignloop.pipeline.stages.sft"], capture_output=True, text=True).stdout
+        found = []
+        for line in out.splitlines():
+            pid = line.split(maxsplit=1)[0]
+            try:
+                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+                if state not in "ZX" and os.path.realpath(f"/proc/{pid}/cwd") == os.path.realpath(root):
+                    found.append(line)
+            except (OSError, IndexError):  # it ended meanwhile
+                pass
+        return found
+
+    deadline = time.monotonic() + grace_s
+    while (found := alive()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
 
 
 def test_two_cpu_processes_train_like_one_and_resume_only_with_two(tmp_path):
@@ -85,6 +96,9 @@ def test_two_cpu_processes_train_like_one_and_resume_only_with_two(tmp_path):
     text = kill_during(root, "sft", lambda r, log: any(r.glob(".alignloop/ckpt/sft/*/checkpoint-*/COMPLETE")))
     assert "no CUDA GPU: CPU processes, gloo, relaunching" in text and "--num_processes 2" in text, text[-3000:]
     assert _workers_alive(root) == []
+    # and none of it wrote the stage's output afterwards (DVC removed it before running the stage)
+    time.sleep(2)
+    assert not (root / "data/models/sft").exists()
     (ckpt,) = root.glob(".alignloop/ckpt/sft/*")
     assert (ckpt / "WORLD_SIZE").read_text() == "2"
 
