@@ -30,7 +30,7 @@ from flows.plan import Plan, must_run, read_plan
 from tasks._proc import StageFailed, error_text, stage_env, stream
 from tasks.artifacts import publish_pipeline, publish_round
 from tasks.gpu import ensure_limit, gpu_devices
-from tasks.stages import generate_shard, run_stage
+from tasks.stages import run_stage, stage_shard
 
 
 @task(name="apply-run-params", cache_policy=NO_CACHE)
@@ -102,8 +102,8 @@ def _ray(use_ray: bool, ray_address: str | None, shards: int):
     """
     if not use_ray or shards < 2:
         if use_ray:
-            get_run_logger().warning("use_ray: nothing to spread with orchestration.generate_shards = 1 "
-                                     "(fix: set it to the number of GPUs or Ray workers)")
+            get_run_logger().warning("use_ray: nothing to spread with orchestration.generate_shards and "
+                                     "score_shards = 1 (fix: set them to the number of GPUs or Ray workers)")
         yield None
         return
     import ray
@@ -117,6 +117,32 @@ def _ray(use_ray: bool, ray_address: str | None, shards: int):
     finally:
         if owned:
             ray.shutdown()
+
+
+def _will_compute(root: str, name: str) -> bool:
+    """Whether DVC will really compute stage ``name``: not when it is up to date, nor when only its outputs are
+    missing from the workspace (``dvc checkout`` restores them from the cache, as ``dvc repro`` would), so no shard
+    work is wasted there. A stage DVC restores from its run cache (inputs changed back to an earlier state) is not
+    caught here: its shards are computed and then unused."""
+    if not stale_stages(root, name):
+        return False
+    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet", name], cwd=root, env=stage_env(None),
+                   capture_output=True)
+    return bool(stale_stages(root, name))
+
+
+@contextmanager
+def _shard_placement():
+    """Under Ray: each shard task asks for one CPU, and one GPU when the cluster has any, so Ray spreads shards
+    over nodes by their free resources. Yields whether shards go to Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        yield False
+        return
+    from prefect_ray.context import remote_options
+
+    with remote_options(num_cpus=1, num_gpus=1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0):
+        yield True
 
 
 @flow(name="alignloop-round", flow_run_name="round-{round_name}")
@@ -143,16 +169,21 @@ def round_flow(round_name: str, project_dir: str = ".", stale: list[str] | None 
                                                 single_item=False, targets=before))
         stale = stale_stages(root)
     stale_set, ran_set = set(stale), set(ran or [])
-    shards = params.orchestration.generate_shards
+    o = params.orchestration
+    shards = {f"generate_{round_name}": o.generate_shards, f"score_{round_name}": o.score_shards}
     if params.round_section(round_name, "generate").budget.strategy != "uniform":
-        shards = 1  # a budget is decided over all prompts at once: the stage draws every sample itself
+        shards[f"generate_{round_name}"] = 1  # a budget is decided over all prompts at once: the stage draws them all
     for name in plan.rounds[round_name]:
-        if (name == f"generate_{round_name}" and shards > 1 and must_run(name, stale_set, ran_set, plan.upstream)
-                and stale_stages(root, name)):
-            # Shards run concurrently (threads, or Ray tasks under RayTaskRunner), one GPU slot each; the DVC
-            # stage then merges them into the very samples a single process would have written.
-            futures = [generate_shard.with_options(retries=params.orchestration.retries)
-                       .submit(round_name, k, shards, root, devices) for k in range(shards)]
+        k = shards.get(name, 1)
+        if k > 1 and must_run(name, stale_set, ran_set, plan.upstream) and _will_compute(root, name):
+            # Shards run concurrently (threads, or Ray tasks under RayTaskRunner — on any node of the cluster),
+            # one GPU slot each; the DVC stage then merges them into the very output a single process writes.
+            kind = name.rsplit("_", 1)[0]
+            with _shard_placement() as on_ray:
+                # On Ray the task's GPU is Ray's to assign (CUDA_VISIBLE_DEVICES on whichever node it lands);
+                # the flow machine's device list means nothing there.
+                futures = [stage_shard.with_options(name=f"{name}-shard-{i}-of-{k}", retries=o.retries)
+                           .submit(kind, round_name, i, k, root, None if on_ray else devices) for i in range(k)]
             for f in futures:
                 f.result()
         results.append(_step(name, root, params, plan, devices, stale_set, ran_set))
@@ -174,8 +205,9 @@ def pipeline(project_dir: str = ".", rounds: int = 0, round_settings: RoundSetti
             (the last round unless `round` names one); empty fields keep params.yaml's values.
         overrides: any other params to set, dotted keys, e.g. {"dpo.beta": 0.2, "rounds.r4.dpo.lr": 1e-4}.
             Both are written into params.yaml, so `dvc repro` reproduces the run.
-        use_ray: run generation shards (orchestration.generate_shards > 1) as Ray tasks (needs '.[ray]').
-        ray_address: Ray cluster address; empty starts a local Ray instance.
+        use_ray: run generation and scoring shards (orchestration.generate_shards, score_shards > 1) as Ray tasks
+            (needs '.[ray]').
+        ray_address: Ray cluster address (e.g. 10.0.0.1:6379 of `ray start --head`); empty starts a local instance.
 
     No parameter is Optional (`X | None`): Prefect's form would draw it as a type to pick before typing a value.
     """
@@ -188,7 +220,8 @@ def pipeline(project_dir: str = ".", rounds: int = 0, round_settings: RoundSetti
     stale, ran = set(stale_stages(root)), set()
     results = [_step(name, root, params, plan, devices, stale, ran) for name in plan.before]
     per_round = {}
-    with _ray(use_ray, ray_address, params.orchestration.generate_shards) as runner:
+    o = params.orchestration
+    with _ray(use_ray, ray_address, max(o.generate_shards, o.score_shards)) as runner:
         for r in plan.rounds:
             one_round = round_flow.with_options(task_runner=runner) if runner else round_flow
             out = per_round[r] = one_round(r, root, stale=sorted(stale), ran=sorted(ran))
@@ -217,7 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--project-dir", default=".")
     ap.add_argument("--rounds", type=int, default=0, help="total rounds (0: as in params.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
-    ap.add_argument("--ray", action="store_true", help="generation shards as Ray tasks")
+    ap.add_argument("--ray", action="store_true", help="generation and scoring shards as Ray tasks")
     ap.add_argument("--ray-address", default="", help="Ray cluster address (default: a local instance)")
     a = ap.parse_args(argv)
     results = pipeline(project_dir=a.project_dir, rounds=a.rounds, overrides=_parse_set(a.set), use_ray=a.ray,

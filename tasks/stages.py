@@ -57,21 +57,33 @@ def run_stage(stage: str, project_dir: str, devices: list[str] | None = None, si
     return {"stage": stage, "ran": bool(ran), "ran_stages": ran, "seconds": round(time.perf_counter() - t0, 2), "device": device}
 
 
-@task(name="generate-shard", task_run_name="generate-{round_name}-shard-{index}-of-{count}", retries=1,
+def _ray_node() -> str | None:
+    """The Ray node this process runs on, when it is a Ray worker (the task runs under the Ray task runner)."""
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+@task(name="stage-shard", task_run_name="{kind}-{round_name}-shard-{index}-of-{count}", retries=1,
       retry_delay_seconds=10, cache_policy=NO_CACHE, retry_condition_fn=_retry_unless_deterministic,
       tags=["gpu-shard"])
-def generate_shard(round_name: str, index: int, count: int, project_dir: str,
-                   devices: list[str] | None = None) -> dict:
-    """One shard of a round's generation into the shard cache; the ``generate_<round>`` DVC stage merges them.
+def stage_shard(kind: str, round_name: str, index: int, count: int, project_dir: str,
+                devices: list[str] | None = None) -> dict:
+    """One shard of a round's ``kind`` stage (generate or score) into the shard cache; the DVC stage merges them.
 
     Runs as a Ray task under the Ray task runner, so it must not rely on the flow process' working directory.
+    A shard's file is written atomically once complete, so a shard killed with its node and run again elsewhere
+    leaves one copy: the merge never sees a partial or a duplicate shard.
     """
     log = get_run_logger()
-    cmd = [sys.executable, "-m", "alignloop.pipeline.stages.generate", "--round", round_name, "--shard", f"{index}/{count}"]
+    cmd = [sys.executable, "-m", f"alignloop.pipeline.stages.{kind}", "--round", round_name, "--shard", f"{index}/{count}"]
     t0 = time.perf_counter()
     with gpu_slot(devices or []) as device:
         code, lines = stream(cmd, project_dir, stage_env(device), log.info)
     if code != 0:
-        raise StageFailed(f"generate shard {index}/{count} of {round_name}", code, error_text(lines),
+        raise StageFailed(f"{kind} shard {index}/{count} of {round_name}", code, error_text(lines),
                           retryable=not deterministic_failure(lines))
-    return {"shard": index, "seconds": round(time.perf_counter() - t0, 2), "device": device}
+    return {"kind": kind, "shard": index, "seconds": round(time.perf_counter() - t0, 2), "device": device,
+            "ray_node": _ray_node()}

@@ -128,6 +128,19 @@ def test_reward_score_is_last_token_of_rendered_turn(rm, tok, scored):
     assert _scores(rm, tok, [scored[3]], 1)[0] == pytest.approx(ref, abs=1e-5)
 
 
+def test_grouped_scores_of_a_slice_equal_the_whole_bit_for_bit(rm, tok, scored):
+    """group=g sorts by length within consecutive groups only: scoring whole groups on their own (a score shard)
+    gives exactly the scores of one call over everything, to the last bit."""
+    pairs = scored * 3  # 18 items, lengths mixed
+    whole = reward_scores(rm, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=2, max_length=128, group=6)
+    parts = []
+    for a in range(0, len(pairs), 6):
+        part = pairs[a: a + 6]
+        parts += reward_scores(rm, tok, [p for p, _ in part], [r for _, r in part], batch_size=2, max_length=128, group=6)
+    assert parts == whole
+    assert whole == pytest.approx(_scores(rm, tok, pairs, 2), abs=1e-5)  # and the same scores as ungrouped
+
+
 def test_reward_scores_empty(rm, tok):
     assert reward_scores(rm, tok, [], [], batch_size=4, max_length=64) == []
 

@@ -5,7 +5,8 @@ Asserts what a user relies on: the flow runs every stage once in dependency orde
 hidden gold reward over SFT; `dvc repro` after the flow does nothing (the flow ran exactly the DVC pipeline)
 and neither does a second flow run; a failing stage fails the flow with the stage's own error; a round's DPO
 beta change reruns only that round's training and what follows; asking for one more round runs exactly the
-new round's stages (their generation sharded over Ray tasks, merged into the very samples one process writes);
+new round's stages (their generation and scoring sharded over a three-node Ray cluster on this machine, merged into
+the very bytes one process writes, and a node lost mid-shard re-run on another);
 `dvc dag/metrics/plots` work; every stage execution is an MLflow run.
 
 The module's tests share one project and run in file order; each leaves it as it found it, except the last
@@ -17,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,7 @@ TINY = {
     "reward_model": {"epochs": 5, "lr": 0.001, "batch_size": 32},
     "generate": {"n": 4, "max_new_tokens": 24},
     "dpo": {"beta": 0.3, "lr": 0.0005, "epochs": 2, "batch_size": 16, "ref": "prev"},
+    "score": {"batch_size": 8},  # blocks of 8 batches: the round's ~500 samples are 8 blocks, so 2 shards split
     "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4},
     # A held-out judge (its own split, seed and stage) beside gold, and a gate rule on it.
     "curate": {"judge_fraction": 0.1},
@@ -553,14 +557,32 @@ def test_changing_one_rounds_beta_reruns_only_that_round_onward(project):
 
 
 NEW = ["r3"]  # what asking for one more round adds
+SHARDED = {"orchestration.generate_shards": 2, "orchestration.score_shards": 2}
 
 
-def test_more_rounds_run_exactly_the_new_rounds(project):
+@pytest.fixture(scope="module")
+def ray_cluster(project):
+    """A Ray cluster of three nodes on this machine, each its own `ray start` process tree: a head that only
+    schedules (no CPUs) and two workers of one CPU each, so two concurrent shard tasks must run on different nodes."""
+    from bench.ray_cluster import LocalRayCluster
+
+    with LocalRayCluster({"node_b": 1, "node_c": 1}) as cluster:
+        yield cluster
+
+
+def _shard_rows(cluster, stage: str) -> list[dict]:
+    from bench.ray_cluster import shard_placement
+
+    return [r for r in shard_placement(cluster.tasks(), cluster.node_ids()) if r["task"].startswith(f"{stage}-shard-")]
+
+
+def test_more_rounds_run_exactly_the_new_rounds(project, ray_cluster):
     from flows.pipeline import pipeline
 
-    # The new round's DPO beta from the typed form (a plain dict here, as the Prefect UI sends it).
+    # The new round's DPO beta from the typed form (a plain dict here, as the Prefect UI sends it); its generation
+    # and scoring sharded over the Ray cluster's nodes (--ray --ray-address).
     results = pipeline(project_dir=str(project), rounds=len(ROUNDS) + len(NEW), round_settings={"beta": 0.25},
-                       overrides={"orchestration.generate_shards": 2}, use_ray=True)
+                       overrides=SHARDED, use_ray=True, ray_address=ray_cluster.address)
     ran = [s for r in results for s in r["ran_stages"]]
     new = [f"{kind}_{r}" for r in NEW
            for kind in ("generate", "score", "pairs", "dpo", "evaluate", "llm_judge", "register")]
@@ -574,17 +596,105 @@ def test_more_rounds_run_exactly_the_new_rounds(project):
     assert "Running stage" not in sh(["dvc", "repro"], project).stdout  # and DVC agrees it is all done
     rounds = [v["round"] for v in registered(project)]
     assert all(rounds.count(r) == 1 for r in NEW) and rounds[-len(NEW):] == NEW
+    # Ray's task records: each stage's two shards ran once each, on the two different worker nodes.
+    for stage in (f"generate_{NEW[-1]}", f"score_{NEW[-1]}"):
+        rows = _shard_rows(ray_cluster, stage)
+        assert sorted((r["task"], r["state"]) for r in rows) == [(f"{stage}-shard-{i}-of-2", "FINISHED") for i in (0, 1)], rows
+        assert sorted(r["node"] for r in rows) == ["node_b", "node_c"], rows
 
 
-def test_sharded_generation_on_ray_equals_one_process(project):
-    """The new rounds' samples were merged from 2 Ray shard tasks; one process writes the same bytes."""
+def _merged_shards(project, stage: str) -> list[float]:
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["e2e"], output_format="list",
-                              filter_string=f"tags.dvc_stage = 'generate_{NEW[-1]}'")
-    assert [r.data.metrics.get("merged_shards") for r in runs] == [2.0]
-    sharded = (project / f"data/rounds/{NEW[-1]}/samples.jsonl").read_bytes()
-    sh(["dvc", "repro", "--force", "--single-item", f"generate_{NEW[-1]}"], project)
-    assert (project / f"data/rounds/{NEW[-1]}/samples.jsonl").read_bytes() == sharded
-    assert not (project / f".alignloop/shards/{NEW[-1]}").exists()  # merged shards are cleaned up
+    runs = mlflow.search_runs(experiment_names=["e2e"], output_format="list", order_by=["attributes.start_time ASC"],
+                              filter_string=f"tags.dvc_stage = '{stage}'")
+    return [r.data.metrics.get("merged_shards") for r in runs]
+
+
+def test_sharded_generation_and_scoring_on_ray_equal_one_process(project):
+    """The new round's samples and scores were merged from 2 Ray shard tasks each; one process writes the same bytes."""
+    for kind, out in (("generate", "samples.jsonl"), ("score", "scores.jsonl")):
+        stage = f"{kind}_{NEW[-1]}"
+        assert _merged_shards(project, stage) == [2.0], kind
+        sharded = (project / f"data/rounds/{NEW[-1]}/{out}").read_bytes()
+        sh(["dvc", "repro", "--force", "--single-item", stage], project)
+        assert (project / f"data/rounds/{NEW[-1]}/{out}").read_bytes() == sharded, kind
+    assert not list((project / ".alignloop/shards").glob(f"*{NEW[-1]}"))  # merged shards are cleaned up
+    assert "Running stage" not in sh(["dvc", "repro"], project).stdout
+
+
+def _shard_processes(pids: list[int], kind: str) -> list[str]:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        if f"alignloop.pipeline.stages.{kind}" in cmd and "--shard" in cmd:
+            out.append(cmd)
+    return out
+
+
+def test_a_node_lost_mid_shard_is_retried_on_another_node_and_nothing_is_duplicated(project, ray_cluster):
+    """node_b is SIGKILLed (all its processes: raylet, workers, the shard's stage process) while it computes a
+    generation shard; Ray re-runs that shard task on node_c, the stage merges both shards, and the round's samples
+    and scores are the bytes they were. DVC's status is clean after, so nothing downstream moved.
+
+    To make DVC compute generate and score again (not restore them), the test removes their outputs, their
+    dvc.lock entries and DVC's run cache: to DVC they are stages that never ran."""
+    import threading
+
+    import psutil
+
+    from flows.pipeline import pipeline
+
+    r = NEW[-1]
+    outs = [project / f"data/rounds/{r}/samples.jsonl", project / f"data/rounds/{r}/scores.jsonl"]
+    before = [p.read_bytes() for p in outs]
+    for p in outs:
+        p.unlink()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    for stage in (f"generate_{r}", f"score_{r}"):
+        del lock["stages"][stage]
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    shutil.rmtree(project / ".dvc/cache/runs", ignore_errors=True)
+    killed: list[str] = []
+    done_at_kill: list[int] = []
+
+    def kill_node_b_mid_shard():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            shards = _shard_processes(ray_cluster.tree("node_b"), "generate")
+            if shards:
+                time.sleep(1.5)  # loading the policy, then sampling: well inside the shard's work
+                if _shard_processes(ray_cluster.tree("node_b"), "generate"):
+                    killed.append(shards[0])
+                    ray_cluster.kill("node_b")
+                    done_at_kill.append(len(list(project.glob(f".alignloop/shards/{r}/*/b*.jsonl"))))
+                    return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_node_b_mid_shard, daemon=True)
+    watcher.start()
+    try:
+        pipeline(project_dir=str(project), overrides=SHARDED, use_ray=True, ray_address=ray_cluster.address)
+    finally:
+        killed.append("(flow ended)")
+        watcher.join(timeout=10)
+    assert killed[0] != "(flow ended)", "node_b was never seen running a generation shard"
+    assert done_at_kill[0] < 2  # node_b's shard had not been written when its node went
+    assert [p.read_bytes() for p in outs] == before
+    # The lost shard was re-run by another node, not computed by the stage: both shards were merged.
+    assert _merged_shards(project, f"generate_{r}")[-1] == 2.0
+    gen = _shard_rows(ray_cluster, f"generate_{r}")
+    lost = killed[0].split("--shard ")[1].split()[0]  # "I/2"
+    attempts = [x for x in gen if x["task"] == f"generate_{r}-shard-{lost.replace('/', '-of-')}"]
+    assert [x["node"] for x in attempts][-1] == "node_c" and attempts[-1]["state"] == "FINISHED", gen
+    assert any(x["node"] == "node_b" and x["state"] == "FAILED" for x in attempts), gen
+    # No stray shard process left behind, no shard cache left over, and DVC agrees nothing else changed.
+    assert not _shard_processes(psutil.pids(), "generate")
+    assert not list((project / ".alignloop/shards").glob(f"*{r}"))
+    assert "Running stage" not in sh(["dvc", "repro"], project).stdout

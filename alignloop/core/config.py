@@ -397,6 +397,9 @@ class OrchestrationConfig(_Section):
     generate_shards: int = Field(
         1, ge=1, description="Split a round's generation into this many shard tasks run in parallel (one GPU each; "
         "Ray tasks with the Ray task runner). The merged samples are identical to one shard.")
+    score_shards: int = Field(
+        1, ge=1, description="Split a round's reward-model scoring into this many shard tasks the same way (each "
+        "shard scores whole blocks of 8 score batches). The merged scores are identical to one shard.")
 
 
 class RetentionConfig(_Section):

@@ -134,20 +134,28 @@ def sample(
     return rows
 
 
-def _sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def _sorted_batches(lengths: list[int], batch_size: int, group: int = 0) -> list[list[int]]:
+    """Batches of indices of similar length (less padding). ``group`` > 0: sorted only within consecutive groups
+    of that many items, so the batches of a group do not depend on the items outside it (a shard that is a run of
+    whole groups scores exactly the batches one process would: a score's last bits depend on its batch)."""
+    group = group or len(lengths) or 1
+    out = []
+    for g0 in range(0, len(lengths), group):
+        order = sorted(range(g0, min(g0 + group, len(lengths))), key=lambda i: lengths[i])
+        out += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return out
 
 
 @torch.no_grad()
 def reward_scores(rm, tokenizer, prompts: list, responses: list[str], *, batch_size: int, max_length: int, desc: str = "score",
-                  progress: bool = True) -> list[float]:
-    """Scalar reward of each (prompt, response), scored as the chat template renders a finished turn."""
+                  progress: bool = True, group: int = 0) -> list[float]:
+    """Scalar reward of each (prompt, response), scored as the chat template renders a finished turn; batches are
+    length-sorted within consecutive groups of ``group`` items (0: all)."""
     rm.eval()
     texts = [render_full(tokenizer, p, r) for p, r in zip(prompts, responses)]
     encoded = [tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     scores = [0.0] * len(texts)
-    batches = _sorted_batches([len(e) for e in encoded], batch_size)
+    batches = _sorted_batches([len(e) for e in encoded], batch_size, group)
     for idx in tqdm(batches, desc=desc, unit="batch", mininterval=2.0, disable=not progress):
         # Right padding: the classification head pools the last non-pad token either way.
         width = max(len(encoded[i]) for i in idx)
@@ -258,16 +266,16 @@ class RewardEnsemble:
 
         return to_device(load_reward_model(path, self.model_cfg)), load_tokenizer(path, self.model_cfg)
 
-    def __call__(self, prompts: list, responses: list[str], *, desc: str = "score", progress: bool = True
-                 ) -> tuple[list[float], list[list[float]]]:
-        """``(rewards, member_rewards)`` of each (prompt, response)."""
+    def __call__(self, prompts: list, responses: list[str], *, desc: str = "score", progress: bool = True,
+                 group: int = 0) -> tuple[list[float], list[list[float]]]:
+        """``(rewards, member_rewards)`` of each (prompt, response); ``group``: as in reward_scores."""
         from alignloop.core.ensemble import aggregate
 
         members = []
         for k, path in enumerate(self.paths):
             rm, tok = self._loaded[k] if self._loaded else self._load(path)
             members.append(reward_scores(rm, tok, prompts, responses, batch_size=self.batch_size,
-                                         max_length=self.model_cfg.max_length, progress=progress,
+                                         max_length=self.model_cfg.max_length, progress=progress, group=group,
                                          desc=desc if len(self.paths) == 1 else f"{desc} (member {k + 1}/{len(self.paths)})"))
             del rm
         rewards = members[0] if len(members) == 1 else aggregate(members, self.aggregate, self.std_penalty)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from alignloop.core import files
+from alignloop.core.shards import cached_ranges, parse_shard, shard_file, shard_range
 from alignloop.core.seeds import round_seed
 from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
@@ -47,7 +48,7 @@ SPECS = [StageSpec(
     name="generate", module="alignloop.pipeline.stages.generate", scope="round", order=0,
     help="n samples per training prompt from the round's start policy (HF or vLLM backend, sample budgets)",
     code=("alignloop.ml.backends", "alignloop.ml.inference", "alignloop.ml.modeling", "alignloop.core.budget",
-          "alignloop.core.seeds", "alignloop.pipeline.lineage"),
+          "alignloop.core.seeds", "alignloop.core.shards", "alignloop.pipeline.lineage"),
     extra_code=lambda c: ["alignloop.core.ensemble"] if _scores_as_it_draws(c) else [],
     params=("seed", "model"), round_params=("prev", "start", "generate"),
     extra_params=lambda c: ["reward_model.ensemble", f"rounds.{c.round}.score"] if _scores_as_it_draws(c) else [],
@@ -62,20 +63,6 @@ def fingerprint(policy: str, settings: dict, code: list[Path]) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     files.hash_paths([Path(policy), Path(PROMPTS)] + list(code), h, layout.HASH_CACHE)
     return h.hexdigest()[:16]
-
-
-def shard_batches(num_batches: int, index: int, count: int) -> tuple[int, int]:
-    """Batch range [start, end) of shard ``index`` of ``count``: contiguous, balanced, covering all batches."""
-    return num_batches * index // count, num_batches * (index + 1) // count
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, k = (int(x) for x in text.split("/"))
-        assert 0 <= i < k
-        return i, k
-    except (ValueError, AssertionError):
-        raise SystemExit(f"--shard {text!r}: expected I/K with 0 <= I < K, e.g. 0/4") from None
 
 
 def run(params, args) -> None:
@@ -119,9 +106,9 @@ def run(params, args) -> None:
             print(f"generate {r} shard {args.shard}: budget '{g.budget.strategy}' is decided over all prompts at "
                   "once; the stage itself computes every sample")
             return
-        i, k = _parse_shard(args.shard)
-        start, end = shard_batches(num_batches, i, k)
-        path = cache / f"b{start:06d}-{end:06d}.jsonl"
+        i, k = parse_shard(args.shard)
+        start, end = shard_range(num_batches, i, k)
+        path = shard_file(cache, start, end)
         if not path.exists():
             files.write_jsonl(path, batches(start, end) if end > start else [])
         print(f"generate {r} shard {i}/{k}: batches {start}-{end} -> {path}")
@@ -160,10 +147,7 @@ def _uniform(cache: Path, num_batches: int, batches) -> tuple[list[dict], int]:
     resumes at the first missing batch: the rerun merges what is there and computes the rest. The shard files'
     names are their batch ranges; a half-written file is a hidden temp file and never matches the glob.
     """
-    done: dict[int, tuple[int, Path]] = {}
-    for f in sorted(cache.glob("b*-*.jsonl")) if cache.is_dir() else []:
-        start, end = (int(x) for x in f.stem[1:].split("-"))
-        done[start] = (end, f)
+    done = cached_ranges(cache)
     rows: list[dict] = []
     b, merged = 0, 0
     while b < num_batches:
@@ -174,7 +158,7 @@ def _uniform(cache: Path, num_batches: int, batches) -> tuple[list[dict], int]:
         else:
             end = b + 1
             batch = batches(b, end)
-            files.write_jsonl(cache / f"b{b:06d}-{end:06d}.jsonl", batch)
+            files.write_jsonl(shard_file(cache, b, end), batch)
             rows += batch
         b = end
     return rows, merged
