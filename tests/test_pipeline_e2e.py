@@ -641,10 +641,11 @@ def _shard_processes(pids: list[int], kind: str) -> list[str]:
 def test_a_node_lost_mid_shard_is_retried_on_another_node_and_nothing_is_duplicated(project, ray_cluster):
     """node_b is SIGKILLed (all its processes: raylet, workers, the shard's stage process) while it computes a
     generation shard; Ray re-runs that shard task on node_c, the stage merges both shards, and the round's samples
-    and scores are the bytes they were. DVC's status is clean after, so nothing downstream moved.
+    are the bytes they were. DVC's status is clean after, so nothing downstream moved.
 
-    To make DVC compute generate and score again (not restore them), the test removes their outputs, their
-    dvc.lock entries and DVC's run cache: to DVC they are stages that never ran."""
+    To make DVC compute generate again (not restore it), the test removes its output, its dvc.lock entry and
+    DVC's run cache: to DVC it is a stage that never ran. Its samples come back byte-identical, so score and
+    everything after stay up to date."""
     import threading
 
     import psutil
@@ -654,11 +655,9 @@ def test_a_node_lost_mid_shard_is_retried_on_another_node_and_nothing_is_duplica
     r = NEW[-1]
     outs = [project / f"data/rounds/{r}/samples.jsonl", project / f"data/rounds/{r}/scores.jsonl"]
     before = [p.read_bytes() for p in outs]
-    for p in outs:
-        p.unlink()
+    outs[0].unlink()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    for stage in (f"generate_{r}", f"score_{r}"):
-        del lock["stages"][stage]
+    del lock["stages"][f"generate_{r}"]
     (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     shutil.rmtree(project / ".dvc/cache/runs", ignore_errors=True)
     killed: list[str] = []
