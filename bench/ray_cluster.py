@@ -4,7 +4,8 @@
 
 starts ``ray start --head`` (no CPUs: it only schedules) and two worker nodes as separate processes (one CPU
 each, custom resources ``node_b`` / ``node_c``), the same commands one runs on separate machines; deletes the
-round's samples and scores; runs the round flow with ``--ray-address`` against the cluster and
+round's samples and scores (and their dvc.lock entries and DVC's run cache, moved aside and put back, so DVC
+computes them rather than restoring them); runs the round flow with ``--ray-address`` against the cluster and
 ``orchestration.generate_shards = score_shards = 2``; and prints, from Ray's own task records
 (``ray.util.state.list_tasks``), which node ran each shard and for how long, then checks the merged outputs are
 the bytes they were. Results go to bench/out/ray_cluster.json.
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -178,15 +181,41 @@ def main(argv=None) -> int:
     root = Path(a.project_dir).resolve()
     outs = [root / f"data/rounds/{a.round}/samples.jsonl", root / f"data/rounds/{a.round}/scores.jsonl"]
     before = [p.read_bytes() for p in outs]
+    # A Prefect server every node reaches (PREFECT_API_URL inherited by the `ray start` processes), as on real
+    # machines: without one, each Ray worker would start a temporary server of its own.
+    from bench.ui_walkthrough import api, free_port, start, stop, wait
+
+    port = free_port()
+    os.environ.update({"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "PREFECT_HOME": tempfile.mkdtemp(prefix="prefect-home-")})
+    server = start([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                    str(port)], Path(os.environ["PREFECT_HOME"]) / "server.log", dict(os.environ))
+    wait("the Prefect server", lambda: api(f"http://127.0.0.1:{port}/api/health"))
+    try:
+        return _run(root, a.round, outs, before)
+    finally:
+        stop([server])
+
+
+def _run(root: Path, round_name: str, outs: list[Path], before: list[bytes]) -> int:
     from bench._out import write_result
     from flows.pipeline import round_flow
     from alignloop.pipeline.params_edit import edit_params
 
     edit = {"orchestration.generate_shards": 2, "orchestration.score_shards": 2}
-    saved = (root / "params.yaml").read_text()
+    # Restored afterwards: the flow writes params (and re-renders params.resolved.yaml); dvc.lock loses the two
+    # stages' entries below, and DVC's run cache is moved aside, so DVC computes them (not restores them).
+    saved = {f: (root / f).read_text() for f in ("params.yaml", "params.resolved.yaml", "dvc.lock")}
+    runs, runs_aside = root / ".dvc/cache/runs", root / ".dvc/cache/runs.ray-bench"
     with LocalRayCluster({"node_b": 1, "node_c": 1}) as cluster:
         try:
             edit_params(root / "params.yaml", overrides=edit)  # orchestration: no DVC stage reads it
+            lock = yaml.safe_load(saved["dvc.lock"])
+            for stage in (f"generate_{round_name}", f"score_{round_name}"):
+                del lock["stages"][stage]
+            (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+            if runs.exists():
+                runs.rename(runs_aside)
             for p in outs:
                 p.unlink()
             from prefect_ray import RayTaskRunner
@@ -195,17 +224,21 @@ def main(argv=None) -> int:
 
             ray.init(address=cluster.address, logging_level="ERROR")
             t0 = time.perf_counter()
-            round_flow.with_options(task_runner=RayTaskRunner())(a.round, str(root))
+            round_flow.with_options(task_runner=RayTaskRunner())(round_name, str(root))
             seconds = time.perf_counter() - t0
             ray.shutdown()
         finally:
-            (root / "params.yaml").write_text(saved)
+            for f, text in saved.items():
+                (root / f).write_text(text)
+            if runs_aside.exists():
+                shutil.rmtree(runs, ignore_errors=True)
+                runs_aside.rename(runs)
         rows = shard_placement(cluster.tasks(), cluster.node_ids())
     same = [p.read_bytes() == b for p, b in zip(outs, before)]
     for r in rows:
         print(f"{r['task']:<32} attempt {r['attempt']}  {r['node']:<7} {r['state']:<9} {r['seconds'] or 0:6.1f} s")
     print(f"round flow {seconds:.1f} s; merged outputs identical to the single-process ones: {dict(zip(['samples', 'scores'], same))}")
-    write_result("ray_cluster", {"round": a.round, "flow_seconds": seconds, "shards": rows,
+    write_result("ray_cluster", {"round": round_name, "flow_seconds": seconds, "shards": rows,
                                  "identical": dict(zip(["samples", "scores"], same))})
     return 0 if all(same) else 1
 
