@@ -33,6 +33,10 @@ ROUNDS = {
     "dpo_robust": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "robust", "label_smoothing": 0.1}},
     "cdpo": {"algo": "dpo", "prev": "sft", "dpo": {"label_smoothing": 0.1}},
     "ppo": {"algo": "ppo", "prev": "sft"},
+    "reinforce_pp": {"algo": "reinforce_pp", "prev": "sft"},
+    # 16 prompts x 4 responses: the same 64 rollouts per iteration as ppo and reinforce_pp
+    "reinforce_pp_baseline": {"algo": "reinforce_pp", "prev": "sft",
+                              "ppo": {"rollout_prompts": 16, "samples_per_prompt": 4, "baseline": "group_mean"}},
     "raft": {"algo": "raft", "prev": "sft"},
 }
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignloop.core.config import ALGO_SECTION
 from alignloop.pipeline.params_edit import new_rounds
 
 
@@ -23,22 +24,24 @@ class RoundSettings(BaseModel):
 
     round: str = Field("", description="The round to set, e.g. r3. Empty: the last round, after `rounds` has added "
                        "any (so with `rounds` one more than params.yaml has, these settle the new round).")
-    algo: Literal["", "dpo", "ppo", "raft"] = Field("", description="The round's algorithm (empty: as in params.yaml; "
-                                                    "a new round repeats the last one's).")
-    lr: float = Field(0.0, ge=0, description="Learning rate of the round's training (dpo.lr, ppo.lr or raft.lr); "
-                      "0: as in params.yaml.")
-    beta: float = Field(0.0, ge=0, description="DPO rounds: KL strength (dpo.beta; higher stays closer to the "
-                        "reference); 0: as in params.yaml.")
+    algo: Literal["", "dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp"] = Field(
+        "", description="The round's algorithm (empty: as in params.yaml; a new round repeats the last one's).")
+    lr: float = Field(0.0, ge=0, description="Learning rate of the round's training (dpo.lr, ppo.lr, raft.lr, "
+                      "grpo.lr or rloo.lr; reinforce_pp rounds: ppo.lr); 0: as in params.yaml.")
+    beta: float = Field(0.0, ge=0, description="DPO, GRPO and RLOO rounds: KL strength to the reference (dpo.beta, "
+                        "grpo.beta, rloo.beta; higher stays closer); 0: as in params.yaml.")
     epochs: float = Field(0.0, ge=0, description="DPO and RAFT rounds: passes over the round's data; 0: as in "
                           "params.yaml.")
-    iterations: int = Field(0, ge=0, description="PPO rounds: rollout-then-optimise iterations; 0: as in params.yaml.")
+    iterations: int = Field(0, ge=0, description="PPO and REINFORCE++ rounds: rollout-then-optimise iterations "
+                            "(ppo.iterations); 0: as in params.yaml.")
     n: int = Field(0, ge=0, description="Samples generated per prompt for the round (generate.n); 0: as in "
                    "params.yaml.")
 
 
-# field -> the algorithms whose section has it (the section is the algorithm's name), or "generate"
-_FIELDS: dict[str, tuple[str, ...]] = {"lr": ("dpo", "ppo", "raft"), "beta": ("dpo",), "epochs": ("dpo", "raft"),
-                                       "iterations": ("ppo",)}
+# field -> the algorithms whose section (config.ALGO_SECTION) has it
+_FIELDS: dict[str, tuple[str, ...]] = {"lr": ("dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp"),
+                                       "beta": ("dpo", "grpo", "rloo"), "epochs": ("dpo", "raft"),
+                                       "iterations": ("ppo", "reinforce_pp")}
 
 
 def rounds_after(names: list[str], algos: dict[str, str], total: int) -> tuple[list[str], dict[str, str]]:
@@ -71,7 +74,7 @@ def round_overrides(settings: RoundSettings, names: list[str], algos: dict[str, 
         if algo not in _FIELDS[field]:
             raise ValueError(f"round_settings.{field}: round {r} is a {algo} round, which has no {field} (fix: clear "
                              f"it, or set algo to one of {list(_FIELDS[field])})")
-        out[f"rounds.{r}.{algo}.{field}"] = value
+        out[f"rounds.{r}.{ALGO_SECTION[algo]}.{field}"] = value
     return out
 
 
@@ -86,7 +89,7 @@ def current_values(resolved: dict) -> dict[str, str]:
     out = {"rounds": f"{len(rounds)} (" + ", ".join(f"{n} {r['algo']}" for n, r in rounds.items()) + ")",
            "round": last, "algo": rnd["algo"], "n": str(rnd["generate"]["n"])}
     for field, algos in _FIELDS.items():
-        out[field] = (f"{rnd[rnd['algo']][field]}" if rnd["algo"] in algos
+        out[field] = (f"{rnd[ALGO_SECTION[rnd['algo']]][field]}" if rnd["algo"] in algos
                       else f"none ({last} is a {rnd['algo']} round; {'/'.join(algos)} rounds only)")
     return out
 

@@ -49,10 +49,15 @@ def round_markdown(name: str, ev: dict, sft: dict | None, train: dict | None, pa
                   f"(yield {pairs.get('yield', 0):.2f}, mean margin {pairs.get('margin_mean', 0):.3f})."]
     if train and "loss_first" in train:
         lines.append(f"Training loss {train['loss_first']:.4f} → {train['loss_last']:.4f}.")
-    if train and "score_first" in train:  # ppo
-        lines.append(f"PPO: {train['iterations']} iterations, rollout reward {train['score_first']:.3f} → "
+    if train and "score_first" in train:  # ppo, reinforce_pp
+        rpp = any(str(s.get("stage", "")).startswith("reinforce_pp_") for s in stages)
+        lines.append(f"{'REINFORCE++' if rpp else 'PPO'}: {train['iterations']} iterations, rollout reward {train['score_first']:.3f} → "
                      f"{train['score_last']:.3f}, KL to reference {train['kl_to_ref_last']:.2f}"
                      + (" (stopped at the KL limit)." if train.get("stopped_early") else "."))
+    if train and "reward_first" in train:  # grpo, rloo
+        lines.append(f"Online RL: {train['steps']} steps, {train['samples']} samples, batch reward "
+                     f"{train['reward_first']:.3f} → {train['reward_last']:.3f}"
+                     + (f", KL estimate {train['kl_estimate_last']:.3f}." if "kl_estimate_last" in train else "."))
     if registry:
         verdict = ("**promoted to champion**" if registry["promoted"]
                    else f"stays candidate (champion: {registry['champion_after']['round']})")

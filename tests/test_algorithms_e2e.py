@@ -1,11 +1,13 @@
-"""PPO and RAFT rounds alongside DPO, end to end on a reduced embedded configuration.
+"""The online algorithms (PPO, REINFORCE++, GRPO) and RAFT alongside DPO, end to end on a reduced embedded configuration.
 
-One fresh DVC project whose rounds mix algorithms: d1 (dpo from SFT) -> p3 (ppo), plus ps (ppo from
-SFT) and rf (raft from SFT). The Prefect pipeline flow runs it (under ``prefect_test_harness``); `dvc repro` must
-then have nothing left to do. Asserted: each round ran only the stages its algorithm needs; PPO from SFT raises
-the held-out gold reward and keeps KL to the reference under its limit; RAFT trains on the best samples and
-raises gold too; a PPO and a RAFT stage killed (SIGKILL of `dvc repro` and the stage) after a checkpoint resume from
-it and write the same policy as the uninterrupted run.
+One fresh DVC project whose rounds mix algorithms: the schedule d1 (dpo from SFT) -> g2 (grpo) -> q3 (reinforce_pp,
+REINFORCE++-baseline, on a reward mixing the reward model with the two rule-based rewards), plus gs (grpo), qs
+(reinforce_pp), ps (ppo) and rf (raft), each from SFT. The Prefect pipeline flow runs it (under
+``prefect_test_harness``); `dvc repro` must then have nothing left to do. Asserted: each round ran only the stages
+its algorithm needs; GRPO, REINFORCE++ and PPO from SFT each raise the held-out gold reward with KL to SFT under the
+limit; a round after another trains from that round's policy; RAFT trains on the best samples and raises gold too;
+a PPO, a RAFT and a GRPO stage killed (SIGKILL of `dvc repro` and the stage) after a checkpoint resume from it and
+write the same policy as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -37,13 +39,24 @@ PARAMS = {
     "evaluate": {"max_new_tokens": 24, "samples_per_prompt": 4, "temperature": 1.0},  # its samples double as KL samples
     "registry": {"enabled": False},
     "orchestration": {"retries": 0},
+    "grpo": {"num_generations": 4, "prompts_per_step": 8, "steps": 16, "max_new_tokens": 24, "lr": 0.0005,
+             "beta": 0.05, "checkpoint_every": 4},
     "rounds": {
         "d1": {"algo": "dpo", "prev": "sft"},
-        "p3": {"algo": "ppo", "prev": "d1"},
+        "g2": {"algo": "grpo", "prev": "d1"},
+        "q3": {"algo": "reinforce_pp", "prev": "g2",
+               "ppo": {"iterations": 6, "rollout_prompts": 12, "samples_per_prompt": 4, "baseline": "group_mean"},
+               "reward": {"sources": [
+                   {"reward_model": "ensemble", "weight": 1.0},
+                   {"function": "alignloop.core.reward_functions:length_window", "weight": 0.5},
+                   {"function": "alignloop.core.reward_functions:repetition_penalty", "weight": 0.5}]}},
+        "gs": {"algo": "grpo", "prev": "sft"},
+        "qs": {"algo": "reinforce_pp", "prev": "sft"},
         "ps": {"algo": "ppo", "prev": "sft"},
         "rf": {"algo": "raft", "prev": "sft"},
     },
 }
+ONLINE = {"gs": "grpo", "qs": "reinforce_pp", "ps": "ppo"}  # from SFT: each must raise gold within the KL limit
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +73,15 @@ def project(tmp_path_factory) -> Path:
 
 def test_each_round_runs_only_its_algorithms_stages(project):
     stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
-    for r in ("d1",):
-        assert {f"generate_{r}", f"score_{r}", f"pairs_{r}", f"dpo_{r}", f"evaluate_{r}"} <= set(stages)
-    for r in ("p3", "ps"):
-        assert f"ppo_{r}" in stages and not {f"generate_{r}", f"pairs_{r}", f"dpo_{r}"} & set(stages)
+    assert {"generate_d1", "score_d1", "pairs_d1", "dpo_d1", "evaluate_d1"} <= set(stages)
+    sampling = {"generate", "score", "pairs", "dpo", "raft"}
+    for r, algo in {"g2": "grpo", "q3": "reinforce_pp", **ONLINE}.items():
+        assert {f"{algo}_{r}", f"evaluate_{r}"} <= set(stages)
+        assert not {f"{s}_{r}" for s in sampling | {"ppo", "grpo", "rloo", "reinforce_pp"} - {algo}} & set(stages)
     assert {"generate_rf", "score_rf", "raft_rf"} <= set(stages) and not {"pairs_rf", "dpo_rf"} & set(stages)
     ran = [r["stage"] for r in read(project, "flow.json") if r.get("ran")]
     assert [s for s in ran if s in stages] == [s for s in stages if s in ran]  # dvc.yaml order
-    assert {"dpo_d1", "ppo_p3", "ppo_ps", "raft_rf"} <= set(ran)
+    assert {"dpo_d1", "grpo_g2", "reinforce_pp_q3", "grpo_gs", "reinforce_pp_qs", "ppo_ps", "raft_rf"} <= set(ran)
 
 
 def test_dvc_repro_after_the_mixed_flow_does_nothing(project):
@@ -75,26 +89,46 @@ def test_dvc_repro_after_the_mixed_flow_does_nothing(project):
     assert "Running stage" not in out, out
 
 
-def test_ppo_from_sft_raises_gold_reward_within_the_kl_limit(project):
-    sft, ps = read(project, "data/eval/sft.json"), read(project, "data/rounds/ps/eval.json")
-    train = read(project, "data/rounds/ps/train_metrics.json")
-    print(f"ppo from sft: gold {sft['gold_reward']:.3f} -> {ps['gold_reward']:.3f}, KL to SFT {ps['kl_to_sft']:.2f}, "
-          f"reward {train['score_first']:.3f} -> {train['score_last']:.3f}")
-    assert ps["gold_reward"] > sft["gold_reward"] + 0.1
-    assert ps["win_rate_vs_sft_gold"] > 0.5
-    assert train["score_last"] > train["score_first"]
-    assert 0 < train["kl_to_ref_last"] < KL_LIMIT and ps["kl_to_sft"] < KL_LIMIT
+@pytest.mark.parametrize("r", list(ONLINE))
+def test_an_online_round_from_sft_raises_gold_reward_within_the_kl_limit(project, r):
+    sft, ev = read(project, "data/eval/sft.json"), read(project, f"data/rounds/{r}/eval.json")
+    train = read(project, f"data/rounds/{r}/train_metrics.json")
+    first, last = ("reward_first", "reward_last") if ONLINE[r] == "grpo" else ("score_first", "score_last")
+    print(f"{ONLINE[r]} from sft: gold {sft['gold_reward']:.3f} -> {ev['gold_reward']:.3f}, KL to SFT "
+          f"{ev['kl_to_sft']:.2f}, training reward {train[first]:.3f} -> {train[last]:.3f}")
+    assert ev["gold_reward"] > sft["gold_reward"] + 0.1
+    assert ev["win_rate_vs_sft_gold"] > 0.5
+    assert 0 < ev["kl_to_sft"] < KL_LIMIT
+    if ONLINE[r] != "grpo":
+        assert 0 < train["kl_to_ref_last"] < KL_LIMIT
 
 
-def test_ppo_after_a_dpo_round_trains_from_that_rounds_policy(project):
+def test_each_round_of_the_mixed_schedule_trains_from_the_previous_rounds_policy(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    d1_policy = next(o["md5"] for o in lock["dpo_d1"]["outs"] if o["path"] == "data/rounds/d1/policy")
-    starts = {d["path"]: d["md5"] for d in lock["ppo_p3"]["deps"] if d["path"].endswith("/policy")}
-    assert starts == {"data/rounds/d1/policy": d1_policy}  # the policy dpo_d1 wrote, and no other round's
-    train = read(project, "data/rounds/p3/train_metrics.json")
-    assert train["iterations"] == PARAMS["ppo"]["iterations"] or train["stopped_early"]
-    d1, p3 = read(project, "data/rounds/d1/eval.json"), read(project, "data/rounds/p3/eval.json")
-    assert p3["kl_to_sft"] > 0 and p3["gold_reward"] != d1["gold_reward"]  # it trained: the policy moved
+    for r, prev, trained_by in (("g2", "d1", "dpo_d1"), ("q3", "g2", "grpo_g2")):
+        stage = next(s for s in lock if s.endswith(f"_{r}") and not s.startswith("evaluate"))
+        prev_policy = next(o["md5"] for o in lock[trained_by]["outs"] if o["path"] == f"data/rounds/{prev}/policy")
+        starts = {d["path"]: d["md5"] for d in lock[stage]["deps"] if d["path"].endswith("/policy")}
+        assert starts == {f"data/rounds/{prev}/policy": prev_policy}, (stage, starts)  # prev's policy, no other round's
+        before, after = read(project, f"data/rounds/{prev}/eval.json"), read(project, f"data/rounds/{r}/eval.json")
+        assert after["kl_to_prev"] > 0 and after["gold_reward"] != before["gold_reward"]  # it trained: the policy moved
+    train = read(project, "data/rounds/q3/train_metrics.json")
+    assert train["iterations"] == PARAMS["rounds"]["q3"]["ppo"]["iterations"] or train["stopped_early"]
+
+
+def test_a_mixed_reward_makes_its_functions_part_of_the_rounds_lineage(project):
+    """q3's reward mixes the reward model with two rule-based rewards: the module defining them is a code dependency
+    of q3's training stage (editing a reward function reruns the rounds that use it), and not of qs, whose reward is
+    the reward model alone."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    deps = lambda stage: {d["path"] for d in lock[stage]["deps"]}  # noqa: E731
+    assert "alignloop/core/reward_functions.py" in deps("reinforce_pp_q3")
+    assert "alignloop/core/reward_functions.py" not in deps("reinforce_pp_qs")
+    sources = lock["reinforce_pp_q3"]["params"]["params.resolved.yaml"]["rounds.q3.reward"]["sources"]
+    assert [s["function"] for s in sources] == [None, "alignloop.core.reward_functions:length_window",
+                                                "alignloop.core.reward_functions:repetition_penalty"]
+    train = read(project, "data/rounds/q3/train_metrics.json")
+    assert train["iterations"] >= 1
 
 
 def test_raft_fine_tunes_on_the_best_samples(project):
@@ -129,7 +163,9 @@ def _ppo_iteration_at_least(n: int):
      ".alignloop/ckpt/ps"),
     ("raft_rf", lambda root, log: any(root.glob(".alignloop/ckpt/raft_rf/*/checkpoint-4/COMPLETE")),
      "data/rounds/rf/policy", r"raft rf: resuming from \S+checkpoint-(\d+)", ".alignloop/ckpt/raft_rf"),
-], ids=["ppo", "raft"])
+    ("grpo_gs", lambda root, log: any(root.glob(".alignloop/ckpt/grpo_gs/*/checkpoint-8/COMPLETE")),
+     "data/rounds/gs/policy", r"grpo gs: resuming from \S+checkpoint-(\d+)", ".alignloop/ckpt/grpo_gs"),
+], ids=["ppo", "raft", "grpo"])
 def test_a_stage_killed_under_dvc_repro_resumes_from_its_checkpoint_with_the_same_policy(project, stage, ready, output,
                                                                                          resumed, ckpt):
     """SIGKILL `dvc repro -f -s <stage>` (dvc and the stage) after a finished checkpoint; the rerun resumes from it

@@ -203,6 +203,11 @@ def test_round_settings_become_the_dotted_keys_of_the_round():
                                                                           "rounds.r2.generate.n": 8}
     assert round_overrides(RoundSettings(round="r1", algo="ppo", lr=1e-5, iterations=20), names, algos) == {
         "rounds.r1.algo": "ppo", "rounds.r1.ppo.lr": 1e-5, "rounds.r1.ppo.iterations": 20}
+    # reinforce_pp trains with the ppo section; grpo with its own
+    assert round_overrides(RoundSettings(algo="reinforce_pp", lr=2e-5), names, algos) == {
+        "rounds.r2.algo": "reinforce_pp", "rounds.r2.ppo.lr": 2e-5}
+    assert round_overrides(RoundSettings(algo="grpo", beta=0.1), names, algos) == {
+        "rounds.r2.algo": "grpo", "rounds.r2.grpo.beta": 0.1}
     with pytest.raises(ValueError, match=r"round r2 is a dpo round, which has no iterations \(fix: clear it, or set algo"):
         round_overrides(RoundSettings(iterations=5), names, algos)
     with pytest.raises(ValueError, match=r"'r9': not a round .* raise `rounds` to add it"):
@@ -256,7 +261,7 @@ def test_the_form_says_what_its_empty_fields_keep():
         "r2": {"algo": "ppo", "generate": {"n": 2}, "ppo": {"lr": 1e-4, "iterations": 40}}}}
     current = current_values(resolved)
     assert current == {"rounds": "2 (r1 dpo, r2 ppo)", "round": "r2", "algo": "ppo", "n": "2", "lr": "0.0001",
-                       "iterations": "40", "beta": "none (r2 is a ppo round; dpo rounds only)",
+                       "iterations": "40", "beta": "none (r2 is a ppo round; dpo/grpo/rloo rounds only)",
                        "epochs": "none (r2 is a ppo round; dpo/raft rounds only)"}
     schema = {"properties": {"rounds": {"type": "integer", "description": "total number of rounds."},
                              "overrides": {"type": "object", "description": "other params."}},
@@ -266,7 +271,11 @@ def test_the_form_says_what_its_empty_fields_keep():
     assert out["properties"]["rounds"]["description"] == "total number of rounds. params.yaml now: 2 (r1 dpo, r2 ppo)."
     assert out["properties"]["overrides"] == schema["properties"]["overrides"]
     settings = out["definitions"]["RoundSettings"]["properties"]
-    assert settings["beta"]["description"] == "KL strength. params.yaml now: none (r2 is a ppo round; dpo rounds only)."
+    assert settings["beta"]["description"] == ("KL strength. params.yaml now: none (r2 is a ppo round; dpo/grpo/rloo "
+                                               "rounds only).")
     assert settings["lr"]["description"] == "params.yaml now: 0.0001."
     assert schema["properties"]["rounds"]["description"] == "total number of rounds."  # the input is not changed
     assert current_values({"rounds": {}}) == {"rounds": "0"}
+    # A reinforce_pp round trains with the ppo section: its fields read (and its overrides write) ppo's keys.
+    rpp = {"rounds": {"r1": {"algo": "reinforce_pp", "generate": {"n": 4}, "ppo": {"lr": 2e-4, "iterations": 7}}}}
+    assert current_values(rpp)["iterations"] == "7" and current_values(rpp)["lr"] == "0.0002"

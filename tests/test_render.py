@@ -204,3 +204,17 @@ def test_render_rejects_invalid_params(tmp_path: Path):
     path.write_text("rounds:\n  r1:\n    prev: r0\n", encoding="utf-8")
     with pytest.raises(ConfigError):
         render_file(path)
+
+
+def test_a_reinforce_pp_round_renders_the_ppo_stage_under_its_own_name(tmp_path: Path):
+    stages = rendered(tmp_path, "experiment: test\nrounds:\n  p1: {algo: ppo, prev: sft}\n"
+                      "  q1: {algo: reinforce_pp, prev: sft, ppo: {samples_per_prompt: 4, baseline: group_mean}}\n")
+    assert "reinforce_pp_q1" in stages and "ppo_q1" not in stages and "reinforce_pp_p1" not in stages
+    assert not {"generate_q1", "score_q1", "pairs_q1"} & set(stages)  # it samples inside its stage, like ppo
+    ppo, rpp = stages["ppo_p1"], stages["reinforce_pp_q1"]
+    assert ppo["cmd"] == "python -m alignloop.pipeline.stages.ppo --round p1"
+    assert rpp["cmd"] == "python -m alignloop.pipeline.stages.ppo --reinforce-pp --round q1"
+    assert rpp["deps"] == ppo["deps"] and rpp["outs"] == ["data/rounds/q1/policy"]
+    assert [k.replace("q1", "p1") for k in keys(rpp)] == keys(ppo)
+    assert rpp["meta"]["gpu"] is True
+    assert "data/rounds/q1/policy" in stages["evaluate_q1"]["deps"]

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from alignloop.ml.rl import (AdaptiveKL, FixedKL, RunningMoments, entropy_from_logits, gae, kl_k1, kl_k2, kl_k3,
-                          normalise_scores, policy_loss, token_rewards, value_loss, whiten)
+from alignloop.ml.rl import (AdaptiveKL, FixedKL, RunningMoments, discounted_returns, entropy_from_logits, gae,
+                          group_mean_baseline, kl_k1, kl_k2, kl_k3, normalise_scores, policy_loss,
+                          reinforce_pp_advantages, token_rewards, value_loss, whiten)
 
 approx = lambda x, rel=1e-5: pytest.approx(x, rel=rel, abs=1e-6)  # noqa: E731
 
@@ -126,6 +127,91 @@ def test_entropy_of_uniform_and_peaked():
     assert float(entropy_from_logits(torch.tensor([100.0, 0.0, 0.0]))) < 1e-6
 
 
+# --- REINFORCE++ -------------------------------------------------------------------------------------------------------
+
+
+def test_discounted_returns_sum_the_rewards_to_go_and_ignore_padding():
+    # gamma 0.5; row 0: rewards [1, 2, 4] -> G2 = 4, G1 = 2 + 0.5 * 4 = 4, G0 = 1 + 0.5 * 4 = 3
+    # row 1: 2 real tokens [0, 8] + a pad holding 100 -> G1 = 8, G0 = 0 + 0.5 * 8 = 4, pad 0 (and never counted)
+    r = torch.tensor([[1.0, 2.0, 4.0], [0.0, 8.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    assert discounted_returns(r, mask, gamma=0.5).tolist() == [approx([3.0, 4.0, 4.0]), approx([4.0, 8.0, 0.0])]
+    # gamma 1: plain sums of what is left
+    assert discounted_returns(r, mask, gamma=1.0).tolist() == [approx([7.0, 6.0, 4.0]), approx([8.0, 8.0, 0.0])]
+
+
+def test_group_mean_baseline_centres_each_prompts_group():
+    # groups of 3: [1, 2, 3] (mean 2) -> [-1, 0, 1];  [0, 0, 3] (mean 1) -> [-1, -1, 2]
+    got = group_mean_baseline(torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 3.0]), 3)
+    assert got.tolist() == approx([-1.0, 0.0, 1.0, -1.0, -1.0, 2.0])
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_mean_baseline(torch.zeros(6), 4)
+
+
+# Two prompts x three responses, contiguous per prompt (A A A B B B), 2 response tokens, kl_coef 0.5, gamma 1.
+# Rows 1 and 4 are one token long: their second position is padding (kl 9 there must not count).
+RPP_SCORES = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 3.0])
+RPP_KL = torch.tensor([[0.2, 0.4], [0.2, 9.0], [0.0, 0.0], [0.4, 0.2], [0.0, 9.0], [0.2, 0.2]])
+RPP_MASK = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+
+
+def test_reinforce_pp_advantages_by_hand():
+    # per-token reward -0.5 * kl, score on the last real token; returns = reward to go (gamma 1):
+    #   row 0 (s 1): r [-0.1, -0.2 + 1 = 0.8]   -> G [0.7, 0.8]
+    #   row 1 (s 2): r [-0.1 + 2 = 1.9]         -> G [1.9]
+    #   row 2 (s 3): r [0, 3]                   -> G [3, 3]
+    #   row 3 (s 0): r [-0.2, -0.1]             -> G [-0.3, -0.1]
+    #   row 4 (s 0): r [0]                      -> G [0]
+    #   row 5 (s 3): r [-0.1, -0.1 + 3 = 2.9]   -> G [2.8, 2.9]
+    # over the 10 real tokens: mean 14.7 / 10 = 1.47; deviations -0.77 -0.67 0.43 1.53 1.53 -1.77 -1.57 -1.47 1.33
+    # 1.43, squares sum 17.481, variance 1.7481, std 1.322157; A = (G - 1.47) / 1.322157:
+    #   0.7 -> -0.582382, 0.8 -> -0.506748, 1.9 -> 0.325226, 3 -> 1.157200, -0.3 -> -1.338721, -0.1 -> -1.187453,
+    #   0 -> -1.111819, 2.8 -> 1.005932, 2.9 -> 1.081566
+    adv = reinforce_pp_advantages(RPP_SCORES, RPP_KL, RPP_MASK, kl_coef=0.5, gamma=1.0)
+    assert adv.tolist() == [approx([-0.582382, -0.506748], rel=1e-5), approx([0.325226, 0.0], rel=1e-5),
+                            approx([1.1572, 1.1572], rel=1e-5), approx([-1.338721, -1.187453], rel=1e-5),
+                            approx([-1.111819, 0.0], rel=1e-5), approx([1.005932, 1.081566], rel=1e-5)]
+    real = adv[RPP_MASK.bool()]
+    assert float(real.mean()) == approx(0.0) and float(real.std(unbiased=False)) == approx(1.0)
+
+
+def test_reinforce_pp_baseline_advantages_by_hand():
+    # group means: A [1, 2, 3] -> 2, B [0, 0, 3] -> 1; centred scores [-1, 0, 1, -1, -1, 2]; then as above:
+    #   row 0: r [-0.1, -0.2 - 1 = -1.2]        -> G [-1.3, -1.2]
+    #   row 1: r [-0.1 + 0]                     -> G [-0.1]
+    #   row 2: r [0, 1]                         -> G [1, 1]
+    #   row 3: r [-0.2, -0.1 - 1 = -1.1]        -> G [-1.3, -1.1]
+    #   row 4: r [0 - 1]                        -> G [-1]
+    #   row 5: r [-0.1, -0.1 + 2 = 1.9]         -> G [1.8, 1.9]
+    # mean -0.3 / 10 = -0.03; deviations -1.27 -1.17 -0.07 1.03 1.03 -1.27 -1.07 -0.97 1.83 1.93, squares sum 15.881,
+    # variance 1.5881, std 1.260198; A = (G + 0.03) / 1.260198:
+    #   -1.3 -> -1.007778, -1.2 -> -0.928425, -0.1 -> -0.055547, 1 -> 0.817332, -1.1 -> -0.849073, -1 -> -0.769720,
+    #   1.8 -> 1.452152, 1.9 -> 1.531505
+    adv = reinforce_pp_advantages(RPP_SCORES, RPP_KL, RPP_MASK, kl_coef=0.5, gamma=1.0, group_size=3)
+    assert adv.tolist() == [approx([-1.007778, -0.928425], rel=1e-5), approx([-0.055547, 0.0], rel=1e-5),
+                            approx([0.817332, 0.817332], rel=1e-5), approx([-1.007778, -0.849073], rel=1e-5),
+                            approx([-0.76972, 0.0], rel=1e-5), approx([1.452152, 1.531505], rel=1e-5)]
+
+
+def test_reinforce_pp_baseline_ignores_a_constant_added_to_one_prompts_scores():
+    # +5 on prompt B's three scores moves B's group mean by 5 too: the centred scores, hence the advantages, stay.
+    # Without the baseline the same shift changes them (B's responses all look better).
+    shifted = RPP_SCORES + torch.tensor([0.0, 0.0, 0.0, 5.0, 5.0, 5.0])
+    base = reinforce_pp_advantages(RPP_SCORES, RPP_KL, RPP_MASK, kl_coef=0.5, gamma=1.0, group_size=3)
+    moved = reinforce_pp_advantages(shifted, RPP_KL, RPP_MASK, kl_coef=0.5, gamma=1.0, group_size=3)
+    assert torch.allclose(base, moved, atol=1e-6)
+    plain = reinforce_pp_advantages(RPP_SCORES, RPP_KL, RPP_MASK, kl_coef=0.5, gamma=1.0)
+    assert not torch.allclose(plain, reinforce_pp_advantages(shifted, RPP_KL, RPP_MASK, kl_coef=0.5, gamma=1.0))
+
+
+@pytest.mark.parametrize("group_size", [None, 3])
+def test_reinforce_pp_advantages_are_zero_on_padding(group_size):
+    # whatever the pads hold (kl 9 here, and a row that is all padding but one token), their advantage is 0
+    adv = reinforce_pp_advantages(RPP_SCORES, RPP_KL, RPP_MASK, kl_coef=0.5, gamma=0.9, group_size=group_size)
+    assert adv[~RPP_MASK.bool()].tolist() == [0.0, 0.0]
+    assert (adv[RPP_MASK.bool()] != 0).all()
+
+
 # --- PPO plumbing (alignloop.ml.ppo) -----------------------------------------------------------------------------------
 
 
@@ -171,3 +257,108 @@ def test_the_kl_guard_snapshot_holds_only_what_training_changes_and_restores_it(
     with torch.no_grad():
         model[1].weight.add_(1.0)
     assert torch.equal(snap["1.weight"], before)  # the snapshot is a copy, not a view of the live weights
+
+
+# --- the loop on a tiny random model (alignloop.ml.ppo.PPOTrainer) -----------------------------------------------------
+
+PROMPTS = ["name a colour", "count to three", "say hello", "pick a fruit"]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from alignloop.core.config import ArchConfig
+    from alignloop.ml.modeling import build_tiny_model, train_tokenizer
+
+    tok = train_tokenizer(PROMPTS + ["red green blue", "one two three", "hello there", "apple pear plum"], 300)
+    arch = ArchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300)
+    return tok, lambda seed: build_tiny_model(arch, tok, max_length=64, seed=seed)
+
+
+def _loop_cfg(**kw):
+    from types import SimpleNamespace
+
+    from alignloop.core.config import PPOConfig
+
+    c = PPOConfig(**{"iterations": 2, "rollout_prompts": 2, "max_new_tokens": 6, "ppo_epochs": 1,
+                     "minibatch_size": 3, "lr": 1e-3, "checkpoint_every": 0, **kw})
+    return SimpleNamespace(**c.model_dump(), max_prompt_tokens=64 - c.max_new_tokens)
+
+
+def _char_score(groups: list):
+    """A reward that varies between responses (sum of character codes mod 7), recording each call's prompts."""
+    def score(prompts, texts):
+        groups.append(list(prompts))
+        return [float(sum(map(ord, t)) % 7) for t in texts]
+    return score
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_reinforce_pp_baseline_trains_without_a_value_model_and_its_checkpoint_round_trips(tiny_lm, tmp_path):
+    from alignloop.ml.ppo import PPOTrainer, train
+
+    tok, build = tiny_lm
+    cfg = _loop_cfg(samples_per_prompt=3, baseline="group_mean")
+    calls: list = []
+    policy = build(0)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    trainer = PPOTrainer(policy, build(0), None, tok, cfg, _char_score(calls), seed=3, advantage="reinforce_pp")
+    assert trainer.value is None and trainer.opt_v is None
+    assert train(trainer, PROMPTS, cfg, None, log=lambda *_: None) == {"iterations": 2, "stopped": ""}
+    # each iteration: 2 prompts x 3 responses, each prompt's three next to each other (the baseline's groups)
+    assert [len(c) for c in calls] == [6, 6]
+    assert all(c[0] == c[1] == c[2] != c[3] == c[4] == c[5] for c in calls)
+    assert any(not torch.equal(before[n], p) for n, p in policy.named_parameters())  # the policy learned
+    assert "vf_loss" not in trainer.history[-1] and {"pg_loss", "clipfrac", "entropy"} <= set(trainer.history[-1])
+
+    trainer.save(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "value").exists()
+    assert "opt_v" not in torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    again = PPOTrainer(build(1), build(0), None, tok, cfg, _char_score([]), seed=3, advantage="reinforce_pp")
+    again.load(tmp_path / "ckpt")
+    assert again.iteration == 2 and again.history == trainer.history
+    assert all(torch.equal(p, q) for p, q in zip(policy.state_dict().values(), again.policy.state_dict().values()))
+    assert str(again.opt_pi.state_dict()["state"]) == str(trainer.opt_pi.state_dict()["state"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ppo_keeps_its_value_model_and_checkpoint_layout_with_several_samples_per_prompt(tiny_lm, tmp_path):
+    from transformers import LlamaConfig, LlamaForTokenClassification
+
+    from alignloop.ml.ppo import PPOTrainer
+
+    tok, build = tiny_lm
+    policy = build(0)
+    conf = {k: v for k, v in policy.config.to_dict().items() if k not in ("id2label", "label2id")}
+    value = LlamaForTokenClassification(LlamaConfig(**conf, num_labels=1))
+    cfg = _loop_cfg(samples_per_prompt=2, iterations=1)
+    calls: list = []
+    trainer = PPOTrainer(policy, build(0), value, tok, cfg, _char_score(calls), seed=3)
+    out = trainer.step(PROMPTS[:2])
+    assert [len(c) for c in calls] == [4] and "vf_loss" in out
+    trainer.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "value").is_dir() and "opt_v" in torch.load(tmp_path / "ckpt" / "state.pt",
+                                                                             weights_only=True)
+    # a PPO checkpoint does not resume a REINFORCE++ run (nor the other way round)
+    rpp = PPOTrainer(build(0), build(0), None, tok, cfg, _char_score([]), seed=3, advantage="reinforce_pp")
+    with pytest.raises(RuntimeError, match="value model"):
+        rpp.load(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="needs a value model"):
+        PPOTrainer(build(0), build(0), None, tok, cfg, _char_score([]), seed=3)
+
+
+def test_the_ppo_module_runs_the_stage_its_round_algo_names(tmp_path):
+    # One module, two stages (ppo_<r>, reinforce_pp_<r> with --reinforce-pp): a command that does not match the
+    # round's algo stops with the fix before loading anything.
+    from argparse import Namespace
+
+    from alignloop.core.config import ConfigError, load_params
+    from alignloop.pipeline.stages.ppo import SPECS, run
+
+    assert [s.name for s in SPECS] == ["ppo", "reinforce_pp"] and SPECS[1].args == "--reinforce-pp"
+    path = tmp_path / "params.yaml"
+    path.write_text("experiment: t\nrounds:\n  p1: {algo: ppo, prev: sft}\n  q1: {algo: reinforce_pp, prev: sft}\n"
+                    "  d1: {algo: dpo, prev: sft}\n")
+    params = load_params(path)
+    for r, flag, stage in (("p1", True, "ppo_p1"), ("q1", False, "reinforce_pp_q1"), ("d1", False, "dpo_d1")):
+        with pytest.raises(ConfigError, match=f"runs its stage {stage}"):
+            run(params, Namespace(round=r, reinforce_pp=flag))

@@ -288,19 +288,19 @@ class PPOConfig(_Section):
     """PPO rounds (alignloop/ppo.py): rollouts from the current policy, reward model minus KL to the reference."""
 
     iterations: int = Field(40, ge=1, description="Rollout-then-optimise iterations.")
-    rollout_prompts: int = Field(64, ge=1, description="Prompts per iteration (one response each).")
+    rollout_prompts: int = Field(64, ge=1, description="Prompts per iteration (samples_per_prompt responses each).")
     max_prompts: int | None = Field(None, gt=0, description="Draw rollout prompts from the first N training prompts.")
     max_new_tokens: int = Field(32, gt=0, description="Max response tokens per rollout.")
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature (log-probs use the same).")
     ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
     minibatch_size: int = Field(16, ge=1, description="Responses per gradient step.")
     lr: float = Field(1e-4, gt=0, description="Policy learning rate (AdamW).")
-    value_lr: float = Field(5e-4, gt=0, description="Value model learning rate (AdamW).")
+    value_lr: float = Field(5e-4, gt=0, description="Value model learning rate (AdamW; ppo only).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip, each model.")
     clip_range: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip epsilon.")
-    value_clip: float | None = Field(0.2, gt=0, description="Value clip around the rollout's values (None: off).")
+    value_clip: float | None = Field(0.2, gt=0, description="Value clip around the rollout's values (None: off; ppo only).")
     gamma: float = Field(1.0, gt=0, le=1, description="Discount over response tokens.")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (ppo only: reinforce_pp has no critic).")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
     kl_coef: float = Field(0.05, ge=0, description="Initial weight of the per-token KL penalty to the reference.")
     kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Keep kl_coef, or adapt it towards kl_target.")
@@ -311,13 +311,19 @@ class PPOConfig(_Section):
                             "the reference exceeds this.")
     target_kl: float | None = Field(None, gt=0, description="Stop an iteration's epochs once the policy moved this far "
                                     "(approx. KL old -> new); None: always run ppo_epochs.")
-    normalise_reward: bool = Field(True, description="Scale scores by running mean/std before the KL penalty.")
-    reward_clip: float | None = Field(5.0, gt=0, description="Clip normalised scores to +-this (None: off).")
-    whiten_advantages: bool = Field(True, description="Zero-mean, unit-variance advantages per batch.")
+    normalise_reward: bool = Field(True, description="Scale scores by running mean/std before the KL penalty (ppo only: reinforce_pp normalises its advantages over the batch instead).")
+    reward_clip: float | None = Field(5.0, gt=0, description="Clip normalised scores to +-this (None: off; ppo only).")
+    whiten_advantages: bool = Field(True, description="Zero-mean, unit-variance advantages per batch (ppo; reinforce_pp always normalises).")
     value_init: Literal["reward_model", "policy"] = Field("reward_model", description="Value model backbone and head "
                                                            "start: the reward model (head included) or the policy.")
     ref: Literal["sft", "prev"] = Field("sft", description="KL reference: the SFT policy or the round's start policy.")
     checkpoint_every: int = Field(5, ge=0, description="Iterations between resumable checkpoints (0: none).")
+    samples_per_prompt: int = Field(1, ge=1, description="Responses drawn per rollout prompt (an iteration has "
+                                    "rollout_prompts x this responses); REINFORCE++-baseline's group size.")
+    baseline: Literal["none", "group_mean"] = Field(
+        "none", description="algo reinforce_pp only: group_mean subtracts each prompt's mean score over its "
+        "samples_per_prompt responses before the global advantage normalisation (REINFORCE++-baseline); none: "
+        "plain REINFORCE++.")
 
 
 class RaftConfig(_Section):
@@ -331,6 +337,108 @@ class RaftConfig(_Section):
     batch_size: int = Field(16, gt=0, description="Examples per optimizer step.")
     checkpoint_every: int = Field(20, ge=0, description="Optimizer steps between resumable checkpoints in "
                                   ".alignloop/ckpt/ (0: none; a killed run then restarts).")
+
+
+class _OnlineConfig(_Section):
+    """Settings shared by the critic-free online rounds trained through TRL (grpo, rloo)."""
+
+    num_generations: int = Field(4, ge=2, description="Group size: responses sampled per prompt; each is compared with "
+                                 "the others of its group (the baseline).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per optimizer step (prompts_per_step x num_generations "
+                                  "responses are generated and scored per step).")
+    steps: int = Field(30, ge=1, description="Optimizer steps of the round (TRL max_steps).")
+    max_prompts: int | None = Field(None, gt=0, description="Draw prompts from the first N training prompts.")
+    max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the generations (log-probs use it too).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (constant after warm-up).")
+    beta: float = Field(0.05, ge=0, description="KL coefficient to the reference (0: no reference model is loaded).")
+    ref: Literal["sft", "prev"] = Field("sft", description="KL reference: the SFT policy or the round's start policy.")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range of the importance ratio.")
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes over each generated batch (mu in the "
+                                "GRPO paper; >1 reuses samples, so the clipped ratio matters).")
+    checkpoint_every: int = Field(10, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
+    use_vllm: bool = Field(False, description="Generate with TRL's vLLM integration (colocated; GPU and the "
+                           "'.[vllm]' extra); off: the policy's own generate().")
+
+
+class GRPOSection(_OnlineConfig):
+    """GRPO rounds (TRL GRPOTrainer): group-relative advantages, no value model."""
+
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "dapo", description="TRL's loss aggregation: grpo (per-sequence mean), dr_grpo (global constant, Dr. GRPO), "
+        "dapo (tokens of the global batch, DAPO), bnpo (tokens of the local batch).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the std of the group, of the batch, or not at all (Dr. GRPO).")
+
+
+class RLOOSection(_OnlineConfig):
+    """RLOO rounds (TRL RLOOTrainer): REINFORCE with the leave-one-out mean of the group as baseline."""
+
+    normalize_advantages: bool = Field(False, description="Whiten the RLOO advantages over the batch.")
+
+
+class RewardSourceConfig(_Section):
+    """One source of a round's reward: the reward model(s), or a Python reward function."""
+
+    reward_model: Literal["ensemble"] | int | None = Field(
+        None, description="'ensemble': the reward model(s) combined by score.aggregate; k: ensemble member k only "
+        "(0 = data/models/rm, k = data/models/rm-k).")
+    function: str | None = Field(
+        None, description="'module:function' from the project's own modules, called as f(prompts, completions, "
+        "meta=[...]) -> list of floats (TRL's reward-function contract), e.g. "
+        "alignloop.core.reward_functions:length_window.")
+    weight: float = Field(1.0, description="Weight of this source (weighted_sum), or scale of its normalised value "
+                          "(maxmin).")
+    name: str | None = Field(None, description="Column name in scores.jsonl's source_rewards and in metrics (default: "
+                             "'rm', 'rm<k>' or the function's name).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "RewardSourceConfig":
+        if (self.reward_model is None) == (self.function is None):
+            raise ValueError("a reward source is either reward_model or function, not both or neither (fix: e.g. "
+                             "{reward_model: ensemble, weight: 1.0} or {function: 'pkg.module:fn', weight: 0.5})")
+        if self.function is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.function):
+            raise ValueError(f"function {self.function!r} is not 'module:function' (fix: e.g. "
+                             "alignloop.core.reward_functions:length_window)")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.function is not None:
+            return self.function.rsplit(":", 1)[1]
+        return "rm" if self.reward_model == "ensemble" else f"rm{self.reward_model}"
+
+
+class RewardConfig(_Section):
+    """The round's reward, one definition for scoring (rejection sampling), PPO, REINFORCE++, GRPO and RLOO."""
+
+    sources: list[RewardSourceConfig] = Field(
+        default_factory=lambda: [RewardSourceConfig(reward_model="ensemble")],
+        description="Reward sources, each {reward_model: ensemble|k} or {function: 'module:function'} with a weight.")
+    aggregate: Literal["weighted_sum", "maxmin"] = Field(
+        "weighted_sum", description="weighted_sum: sum of weight x source. maxmin: the minimum over sources of weight "
+        "x the source z-normalised over the scored batch (MaxMin-RLHF's objective).")
+
+    @model_validator(mode="after")
+    def _sources(self) -> "RewardConfig":
+        if not self.sources:
+            raise ValueError("reward.sources is empty (fix: at least one source, e.g. [{reward_model: ensemble}])")
+        labels = [s.label for s in self.sources]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"reward.sources name {dup} more than once (fix: give each a distinct 'name')")
+        if self.aggregate == "maxmin" and len(self.sources) < 2:
+            raise ValueError("reward.aggregate maxmin needs at least two sources (fix: add a source or use "
+                             "weighted_sum)")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        """One reward-model source at weight 1: the reward is the (ensemble) reward model's score, as before."""
+        return self == RewardConfig()
 
 
 class EvaluateConfig(_Section):
@@ -457,8 +565,10 @@ class TrainConfig(_Section):
 
 
 class RoundConfig(_Section):
-    algo: Literal["dpo", "ppo", "raft"] = Field("dpo", description="dpo: pairs from rejection sampling, TRL DPO. ppo: "
-                                                "on-policy PPO against the reward model. raft: SFT on the best samples.")
+    algo: Literal["dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp"] = Field(
+        "dpo", description="dpo: pairs from rejection sampling, TRL DPO. ppo: on-policy PPO with a value model. raft: "
+        "SFT on the best samples. grpo / rloo: TRL's GRPOTrainer / RLOOTrainer (group baselines, no value model). "
+        "reinforce_pp: REINFORCE++ (the PPO loop without a critic; ppo.baseline group_mean for REINFORCE++-baseline).")
     prev: str = Field(description="The round before this one: 'sft' or an earlier round's name.")
     start: Literal["prev", "champion"] = Field(
         "prev", description="Start from prev's policy, or from the champion after prev's registration (a round the "
@@ -469,11 +579,18 @@ class RoundConfig(_Section):
     dpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level dpo section.")
     ppo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level ppo section.")
     raft: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level raft section.")
+    grpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level grpo section.")
+    rloo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level rloo section.")
+    reward: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level reward section.")
 
+
+# The params section each algorithm trains with: its own, except REINFORCE++, which is the PPO loop without a critic.
+ALGO_SECTION: dict[str, str] = {"dpo": "dpo", "ppo": "ppo", "raft": "raft", "grpo": "grpo", "rloo": "rloo",
+                                "reinforce_pp": "ppo"}
 
 _ROUND_SECTIONS: dict[str, type[_Section]] = {
     "generate": GenerateConfig, "score": ScoreConfig, "pairs": PairsConfig, "dpo": DPOConfig, "ppo": PPOConfig,
-    "raft": RaftConfig,
+    "raft": RaftConfig, "grpo": GRPOSection, "rloo": RLOOSection, "reward": RewardConfig,
 }
 
 
@@ -499,15 +616,33 @@ def _round_errors(rounds: dict, bases: dict[str, dict], registry_enabled: bool =
         if rnd.get("start") == "champion" and not registry_enabled:
             errors.append({"loc": ("rounds", name, "start"), "type": "round",
                            "msg": "'champion' needs registry.enabled: true (fix: enable the registry or use start: prev)"})
+        merged = {}
         for section, model in _ROUND_SECTIONS.items():
             override = rnd.get(section)
             if not isinstance(override, dict):
+                merged[section] = bases[section]
                 continue  # absent, or a wrong type that field validation reports
             try:
-                model.model_validate(merge(bases[section], override))
+                merged[section] = model.model_validate(merge(bases[section], override)).model_dump()
             except ValidationError as exc:
                 errors.extend({**e, "loc": ("rounds", name, section, *e["loc"])} for e in exc.errors())
+        errors.extend({"loc": ("rounds", name, *loc), "type": "round", "msg": msg}
+                      for loc, msg in _algo_errors(rnd.get("algo", "dpo"), merged))
     return errors
+
+
+def _algo_errors(algo: str, sections: dict[str, dict]) -> list[tuple[tuple, str]]:
+    """Settings a round's algorithm cannot run with, as (key path within the round, message with the fix)."""
+    out = []
+    ppo = sections.get("ppo") or {}
+    if algo == "reinforce_pp" and ppo.get("baseline") == "group_mean" and ppo.get("samples_per_prompt", 1) < 2:
+        out.append((("ppo", "samples_per_prompt"), "REINFORCE++-baseline subtracts the mean of a prompt's responses, "
+                    f"so it needs >= 2 per prompt, got {ppo.get('samples_per_prompt')} (fix: ppo.samples_per_prompt: "
+                    "4, or ppo.baseline: none)"))
+    if algo == "ppo" and ppo.get("baseline", "none") != "none":
+        out.append((("ppo", "baseline"), "ppo's baseline is its value model; baseline applies to algo reinforce_pp "
+                    "(fix: ppo.baseline: none, or algo: reinforce_pp)"))
+    return out
 
 
 class Params(_Section):
@@ -529,6 +664,10 @@ class Params(_Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Default DPO settings (TRL DPOTrainer).")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="Default PPO settings (alignloop/ppo.py).")
     raft: RaftConfig = Field(default_factory=RaftConfig, description="Default RAFT settings (TRL SFTTrainer).")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="Default GRPO settings (TRL GRPOTrainer).")
+    rloo: RLOOSection = Field(default_factory=RLOOSection, description="Default RLOO settings (TRL RLOOTrainer).")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="The reward rounds optimise and select by: "
+                                 "reward models and reward functions, combined.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings shared by sft, "
                                "reward_model, dpo and raft (gradient checkpointing, LoRA, multi-GPU).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
@@ -571,6 +710,18 @@ class Params(_Section):
         )
         if errors:
             raise ValueError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
+        return self
+
+    @model_validator(mode="after")
+    def _reward_members(self) -> "Params":
+        k = self.reward_model.ensemble
+        where = [("reward", self.reward)] + [(f"rounds.{n}.reward", self.round_section(n, "reward"))
+                                             for n, rnd in self.rounds.items() if rnd.reward]
+        bad = [f"{w}: reward_model {s.reward_model}" for w, cfg in where for s in cfg.sources
+               if isinstance(s.reward_model, int) and not 0 <= s.reward_model < k]
+        if bad:
+            raise ValueError(f"{'; '.join(bad)} is not a member of the {k}-member ensemble (fix: a member index 0.."
+                             f"{k - 1}, 'ensemble', or raise reward_model.ensemble)")
         return self
 
     # --- per-round effective settings ---------------------------------------------------------

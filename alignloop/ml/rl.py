@@ -1,10 +1,11 @@
 """PPO's arithmetic as small pure functions over tensors: KL estimators, per-token rewards, GAE, whitening, the
-clipped policy and value losses, and the KL controllers.
+clipped policy and value losses, the KL controllers, and REINFORCE++'s critic-free advantages.
 
 Shapes: ``[batch, T]`` over response tokens, with ``mask`` 1 on real response tokens (up to and including EOS)
 and 0 on padding. Written by hand because TRL 1.16 has no PPO trainer; the formulas follow Schulman et al.
 (PPO, GAE), Ziegler et al. (KL-penalised reward, adaptive controller) and "Secrets of RLHF Part I" (PPO-max:
-reward normalisation and clipping, advantage whitening, value clipping).
+reward normalisation and clipping, advantage whitening, value clipping); REINFORCE++ follows Hu 2025
+(arXiv 2501.03262) and OpenRLHF's ``reinforce`` / ``reinforce_baseline`` advantage estimators.
 """
 
 from __future__ import annotations
@@ -121,6 +122,51 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torc
     var = masked_mean((x - mean) ** 2, mask)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
+
+
+# --- REINFORCE++ (no value model) ------------------------------------------------------------------------------------
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Reward-to-go over the response tokens; the episode ends after the last real token, padding is 0.
+
+    G_t = r_t + gamma * G_{t+1},  G_T = 0  (i.e. G_t = sum_{s >= t} gamma^(s-t) r_s over real tokens).
+    """
+    out = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        out[:, t] = running
+    return out
+
+
+def group_mean_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean score of its prompt's group; ``scores`` holds each prompt's ``group_size``
+    responses contiguously ([p0 s0, p0 s1, ..., p1 s0, ...]).
+
+    s'_{i,j} = s_{i,j} - (1/k) sum_j' s_{i,j'},  k = group_size.
+    """
+    if scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
+    grouped = scores.view(-1, group_size)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+
+
+def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+                            gamma: float, group_size: int | None = None) -> torch.Tensor:
+    """REINFORCE++ advantages: KL-penalised per-token rewards, their discounted returns, normalised over every
+    response token of the batch (no critic). With ``group_size`` (REINFORCE++-baseline) each score first loses its
+    prompt's group mean.
+
+    s'   = s - mean of its group  (baseline only; else s' = s)
+    r_t  = -kl_coef * KL_t + [t = last] * s'                  (token_rewards)
+    G_t  = r_t + gamma * G_{t+1}                              (discounted_returns)
+    A_t  = (G_t - mean(G)) / std(G), mean and std over all real tokens of the batch   (whiten)
+    """
+    if group_size is not None:
+        scores = group_mean_baseline(scores, group_size)
+    returns = discounted_returns(token_rewards(scores, kl, mask, kl_coef), mask, gamma)
+    return whiten(returns, mask)
 
 
 # --- losses ----------------------------------------------------------------------------------------------------------

@@ -65,3 +65,32 @@ def champion_sample_deps(params, name: str) -> list[str]:
     if prev != "sft" and params.registry.enabled:
         return [layout.registry_record(prev), *(layout.eval_paths(n)[1] for n in policies_up_to_prev(params, name))]
     return [layout.eval_paths(prev)[1]]
+
+
+def reward_deps(params, name: str) -> list[str]:
+    """The reward-model directories a round's reward reads: every member for the ensemble source, one for a member
+    source, none when its sources are functions only. (Functions read the prompts' ``meta``: the stages that call
+    them depend on the prompts file themselves.)"""
+    cfg = params.round_section(name, "reward")
+    dirs = reward_model_dirs(params)
+    out = []
+    for s in cfg.sources:
+        if s.reward_model == "ensemble":
+            out += dirs
+        elif s.reward_model is not None:
+            out.append(dirs[s.reward_model])
+    return list(dict.fromkeys(out))
+
+
+def reward_modules(params, name: str) -> list[str]:
+    """The modules of a round's reward functions: code the reward depends on, so DVC reruns a stage when one changes."""
+    return list(dict.fromkeys(s.function.split(":", 1)[0] for s in params.round_section(name, "reward").sources
+                              if s.function))
+
+
+def round_reward(params, name: str, *, keep_loaded: bool = False):
+    """The round's reward (alignloop.ml.rewards.RoundReward) over its reward-model directories."""
+    from alignloop.ml.rewards import RoundReward
+
+    return RoundReward(params.round_section(name, "reward"), params.round_section(name, "score"), params.model,
+                       reward_model_dirs(params), keep_loaded=keep_loaded)

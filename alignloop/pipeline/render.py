@@ -99,11 +99,45 @@ def render_file(params_path: str | Path = layout.PARAMS) -> str:
     return rendered(params_path)[layout.DVC_YAML]
 
 
+def check_reward_functions(params_path: str | Path = layout.PARAMS) -> None:
+    """Import every reward function params.yaml names (the top-level reward and each round's), as the stages will:
+    a bad name is a ConfigError listing every bad one with its fix now, not a missing-dependency error from DVC
+    (the function's module file is a code dependency of the stages that call it) or a failure mid-pipeline."""
+    import sys
+
+    from alignloop.core.config import ConfigError, load_params
+    from alignloop.core.rewards import RewardFunctionError, load_reward_function
+
+    params = load_params(params_path)
+    specs = sorted({s.function for cfg in [params.reward, *(params.round_section(n, "reward") for n in params.rounds)]
+                    for s in cfg.sources if s.function})
+    if not specs:
+        return
+    root = str(Path(params_path).resolve().parent)
+    added = root not in sys.path
+    if added:  # stages run as `python -m` in the project, which puts it first on the path; do the same here
+        sys.path.insert(0, root)
+    try:
+        errors = []
+        for spec in specs:
+            try:
+                load_reward_function(spec, root)
+            except RewardFunctionError as exc:
+                errors.append(str(exc))
+    finally:
+        if added:
+            sys.path.remove(root)
+    if errors:
+        raise ConfigError(f"{params_path}: {len(errors)} reward function(s) cannot be used:\n" +
+                          "\n".join(f"  {e}" for e in errors))
+
+
 def write_rendered(params_path: str | Path = layout.PARAMS, dvc_path: str | Path | None = None) -> list[Path]:
     """Write dvc.yaml (at ``dvc_path``, default beside params) and params.resolved.yaml beside it, atomically; the
-    paths whose content changed."""
+    paths whose content changed. Every reward function named must import first (check_reward_functions)."""
     from alignloop.core.files import atomic_file
 
+    check_reward_functions(params_path)
     dvc_path = Path(dvc_path) if dvc_path else Path(params_path).with_name(layout.DVC_YAML)
     changed = []
     for name, text in rendered(params_path).items():

@@ -35,7 +35,7 @@ def _budget_deps(ctx: Ctx) -> list[str]:
     budget, prev = ctx.section("generate").budget.strategy, ctx.rnd.prev
     if budget == "adaptive":
         return reward_model_dirs(ctx.params)
-    if budget == "prev_variance" and prev != "sft" and ctx.params.rounds[prev].algo != "ppo":
+    if budget == "prev_variance" and prev != "sft" and Ctx(ctx.params, prev).rejection_sampled:
         return [layout.scores(prev)]
     return []
 
@@ -203,7 +203,8 @@ def _prev_variance(params, r, g, prompts, get_backend, seed, max_prompt_tokens) 
     total = g.n * len(prompts)
     prev = params.rounds[r].prev
     by_prompt: dict = defaultdict(list)
-    if prev != "sft" and params.rounds[prev].algo != "ppo":  # ppo rounds sample inside their stage, keep no scores
+    # Online rounds (ppo, grpo, ...) sample inside their training stage and offline DPO samples nothing: no scores
+    if prev != "sft" and Ctx(params, prev).rejection_sampled:
         for row in files.read_jsonl(layout.scores(prev), files.validate_score, id_key=files.SAMPLE_KEY):
             by_prompt[row["prompt_id"]].append(row["reward"])
     if by_prompt:
