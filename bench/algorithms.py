@@ -1,12 +1,17 @@
-"""One round of each algorithm from the same SFT policy and reward model, at the default params: the README's
-table of algorithms (mean held-out gold reward, gold win-rate vs SFT, KL to SFT, proxy reward, wall time).
+"""One round of each algorithm from the same SFT policy and reward model: the README's table of algorithms (mean
+held-out gold reward, gold win-rate vs SFT, exact KL to SFT, proxy reward, wall time, and for the online ones the
+generation / reward / update split of their time).
 
 Runs in a scratch copy of a finished embedded pipeline (default: this repo after `make demo`), so the repo's own
 outputs are untouched. Rounds, all with ``prev: sft``: DPO with each TRL loss_type exposed in params (sigmoid,
-ipo, hinge = RSO's, robust) and conservative DPO (sigmoid with label_smoothing 0.1), PPO, RAFT (top-1 per prompt).
-Each round's stages run as the stage modules DVC would call, in dvc.yaml order (bench/_scratch.py).
+ipo, hinge = RSO's, robust) and conservative DPO (sigmoid with label_smoothing 0.1), RAFT (top-1 per prompt), and
+the online algorithms — PPO, REINFORCE++, REINFORCE++-baseline, GRPO, RLOO — each given the same number of generated
+samples as a DPO round draws (generate.n x the training prompts), and one REINFORCE++ round on a mixed reward (the
+reward model plus the two rule-based rewards). Each round's stages run as the stage modules DVC would call, in
+dvc.yaml order (bench/_scratch.py).
 
-    python bench/algorithms.py            # ~20 min on 2 CPU cores
+    python bench/algorithms.py                          # every row, ~40 min on 2 CPU cores
+    python bench/algorithms.py --only grpo rloo         # some rows; the others are kept from the last run
 """
 
 from __future__ import annotations
@@ -26,19 +31,35 @@ from _out import write_result  # noqa: E402
 from _scratch import run_round, run_stage, scratch_copy, set_params  # noqa: E402
 from alignloop.pipeline import layout  # noqa: E402
 
-ROUNDS = {
-    "dpo_sigmoid": {"algo": "dpo", "prev": "sft"},
-    "dpo_ipo": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "ipo"}},
-    "dpo_hinge": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "hinge"}},
-    "dpo_robust": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "robust", "label_smoothing": 0.1}},
-    "cdpo": {"algo": "dpo", "prev": "sft", "dpo": {"label_smoothing": 0.1}},
-    "ppo": {"algo": "ppo", "prev": "sft"},
-    "reinforce_pp": {"algo": "reinforce_pp", "prev": "sft"},
-    # 16 prompts x 4 responses: the same 64 rollouts per iteration as ppo and reinforce_pp
-    "reinforce_pp_baseline": {"algo": "reinforce_pp", "prev": "sft",
-                              "ppo": {"rollout_prompts": 16, "samples_per_prompt": 4, "baseline": "group_mean"}},
-    "raft": {"algo": "raft", "prev": "sft"},
-}
+N_SAMPLES = 4  # generate.n of the DPO and RAFT rounds: the online rounds get as many samples per training prompt
+MIXED_REWARD = {"sources": [{"reward_model": "ensemble", "weight": 1.0},
+                            {"function": "alignloop.core.reward_functions:length_window", "weight": 0.5},
+                            {"function": "alignloop.core.reward_functions:repetition_penalty", "weight": 0.5}]}
+
+
+def rounds_for(train_prompts: int) -> dict:
+    """Every row's round. The online rounds' iteration (step) counts give them the samples a DPO round draws: 
+    N_SAMPLES x train_prompts, in batches of 64 responses (64 prompts x 1 for PPO/REINFORCE++, 16 x 4 for the group
+    methods)."""
+    it = max(1, round(N_SAMPLES * train_prompts / 64))
+    group = {"prompts_per_step": 16, "num_generations": 4, "steps": it}
+    ppo = {"iterations": it, "rollout_prompts": 64}
+    return {
+        "dpo_sigmoid": {"algo": "dpo", "prev": "sft"},
+        "dpo_ipo": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "ipo"}},
+        "dpo_hinge": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "hinge"}},
+        "dpo_robust": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "robust", "label_smoothing": 0.1}},
+        "cdpo": {"algo": "dpo", "prev": "sft", "dpo": {"label_smoothing": 0.1}},
+        "raft": {"algo": "raft", "prev": "sft"},
+        "ppo": {"algo": "ppo", "prev": "sft", "ppo": ppo},
+        "reinforce_pp": {"algo": "reinforce_pp", "prev": "sft", "ppo": ppo},
+        "reinforce_pp_baseline": {"algo": "reinforce_pp", "prev": "sft",
+                                  "ppo": {"iterations": it, "rollout_prompts": 16, "samples_per_prompt": 4,
+                                          "baseline": "group_mean"}},
+        "grpo": {"algo": "grpo", "prev": "sft", "grpo": group},
+        "rloo": {"algo": "rloo", "prev": "sft", "rloo": group},
+        "reinforce_pp_mixed_reward": {"algo": "reinforce_pp", "prev": "sft", "ppo": ppo, "reward": MIXED_REWARD},
+    }
 
 
 def main() -> int:
@@ -46,8 +67,9 @@ def main() -> int:
     ap.add_argument("--project", type=Path, default=REPO)
     ap.add_argument("--only", nargs="*", help="a subset of the rounds")
     a = ap.parse_args()
-    rounds = {k: v for k, v in ROUNDS.items() if not a.only or k in a.only}
     work, env = scratch_copy(a.project, "alignloop-algos-")
+    train_prompts = sum(1 for _ in (work / layout.PROMPTS_TRAIN).open())
+    rounds = {k: v for k, v in rounds_for(train_prompts).items() if not a.only or k in a.only}
 
     def edit(params):
         params["rounds"] = rounds
@@ -63,6 +85,9 @@ def main() -> int:
         ev = yaml.safe_load((work / layout.eval_paths(r)[0]).read_text())
         table[r] = {k: ev[k] for k in ("gold_reward", "proxy_reward", "kl_to_sft", "win_rate_vs_sft_gold")}
         table[r]["seconds"] = round(time.perf_counter() - t0)
+        train = yaml.safe_load((work / layout.train_metrics(r)).read_text())
+        table[r]["train"] = {k: train[k] for k in ("samples", "generate_s", "reward_s", "update_s", "iterations",
+                                                   "steps", "stopped_early", "train_runtime_s") if k in train}
         print(r, table[r], flush=True)
     if a.only:  # a partial rerun updates the rows it ran and keeps the others
         from _out import OUT

@@ -276,3 +276,59 @@ def test_round_budget_override_merges_key_by_key(tmp_path):
                            "rounds:\n  r1:\n    prev: sft\n    generate:\n      budget:\n        min_n: 3\n")
     b = load_params(path).round_section("r1", "generate").budget
     assert (b.strategy, b.target_margin, b.min_n) == ("adaptive", 2.0, 3)
+
+
+def test_bad_params_of_the_online_algorithms_and_rewards_are_listed_at_once(tmp_path):
+    """Every problem of the new algorithms' and rewards' params in one error, each with its line and fix."""
+    text = (
+        "grpo: {num_generations: 1}\n"                                            # 1
+        "rounds:\n"                                                               # 2
+        "  r1:\n"                                                                 # 3
+        "    algo: reinforce_pp\n"                                                # 4
+        "    prev: sft\n"                                                         # 5
+        "    ppo: {baseline: group_mean, samples_per_prompt: 1}\n"                # 6
+        "  r2:\n"                                                                 # 7
+        "    algo: ppo\n"                                                         # 8
+        "    prev: r1\n"                                                          # 9
+        "    ppo: {baseline: group_mean}\n"                                       # 10
+        "  r3:\n"                                                                 # 11
+        "    algo: grpo\n"                                                        # 12
+        "    prev: r2\n"                                                          # 13
+        "    grpo: {beta: -0.1, loss_type: ppo}\n"                                # 14
+        "    reward: {aggregate: maxmin}\n"                                       # 15
+        "  r4:\n"                                                                 # 16
+        "    algo: rloo\n"                                                        # 17
+        "    prev: r3\n"                                                          # 18
+        "    reward: {sources: [{reward_model: ensemble, function: 'a:b'}]}\n"    # 19
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    found = problems(str(info.value))
+    want = {1: "grpo.num_generations", 6: "rounds.r1.ppo.samples_per_prompt", 10: "rounds.r2.ppo.baseline",
+            14: "rounds.r3.grpo.beta", 15: "rounds.r3.reward"}
+    for line, key in want.items():
+        assert any(p.startswith(f"{path}:{line}: {key}") for p in found), (key, found)
+    assert any("rounds.r3.grpo.loss_type" in p for p in found), found
+    assert any("rounds.r4.reward.sources.0" in p and "either reward_model or function" in p for p in found), found
+    assert all("fix:" in p for p in found), found
+    assert any("REINFORCE++-baseline" in p and "samples_per_prompt: 4" in p for p in found), found
+
+
+def test_a_reward_source_names_an_existing_ensemble_member(tmp_path):
+    path = write(tmp_path, "reward_model: {ensemble: 2}\nreward: {sources: [{reward_model: 2}]}\n")
+    with pytest.raises(ConfigError, match=r"reward_model 2 is not a member of the 2-member ensemble \(fix: a member "
+                                          r"index 0\.\.1"):
+        load_params(path)
+    params = load_params(write(tmp_path, "reward_model: {ensemble: 2}\nreward: {sources: [{reward_model: 1}, "
+                                         "{function: 'alignloop.core.reward_functions:length_window', weight: 0.5}]}\n"))
+    assert [s.label for s in params.reward.sources] == ["rm1", "length_window"]
+    assert not params.reward.is_default and load_params(write(tmp_path, "seed: 1\n")).reward.is_default
+
+
+def test_a_whole_params_check_alone_is_reported_not_dropped(tmp_path):
+    """A check across sections (a model validator of Params) is listed even when it is the only problem (it was
+    filtered out with the rounds summary once, leaving '0 problem(s)')."""
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, "curate: {judge_fraction: 0}\njudge_model: {enabled: true}\n"))
+    assert "1 problem(s)" in str(info.value) and "judge_model.enabled needs a judge split (fix:" in str(info.value)

@@ -218,3 +218,24 @@ def test_a_reinforce_pp_round_renders_the_ppo_stage_under_its_own_name(tmp_path:
     assert [k.replace("q1", "p1") for k in keys(rpp)] == keys(ppo)
     assert rpp["meta"]["gpu"] is True
     assert "data/rounds/q1/policy" in stages["evaluate_q1"]["deps"]
+
+
+def test_grpo_and_rloo_rounds_render_one_training_stage_each_with_their_reward_as_inputs(tmp_path: Path):
+    stages = rendered(tmp_path, "experiment: test\nreward_model: {ensemble: 2}\nrounds:\n"
+                      "  g1: {algo: grpo, prev: sft}\n"
+                      "  o2: {algo: rloo, prev: g1, rloo: {ref: prev}, reward: {sources: [{reward_model: 1}, "
+                      "{function: 'alignloop.core.reward_functions:length_window', weight: 0.5}]}}\n")
+    assert not {f"{s}_{r}" for s in ("generate", "score", "pairs", "dpo") for r in ("g1", "o2")} & set(stages)
+    grpo, rloo = stages["grpo_g1"], stages["rloo_o2"]
+    assert grpo["cmd"] == "python -m alignloop.pipeline.stages.grpo --round g1"
+    assert rloo["cmd"] == "python -m alignloop.pipeline.stages.grpo --rloo --round o2"
+    # g1: SFT is start and reference; both reward models (the ensemble); the prompts
+    assert [d for d in grpo["deps"] if d.startswith("data/")] == [
+        "data/models/sft", "data/models/rm", "data/models/rm-1", "data/curated/prompts/train.jsonl"]
+    # o2: starts from g1, which is also its reference; member 1 only; the reward function's module is code
+    assert [d for d in rloo["deps"] if d.startswith("data/")] == [
+        "data/rounds/g1/policy", "data/models/rm-1", "data/curated/prompts/train.jsonl"]
+    assert "alignloop/core/reward_functions.py" in rloo["deps"] and "alignloop/core/reward_functions.py" not in grpo["deps"]
+    assert {"rounds.o2.rloo", "rounds.o2.reward", "rounds.o2.score"} <= set(keys(rloo))
+    assert rloo["outs"] == ["data/rounds/o2/policy"] and rloo["meta"]["gpu"] is True
+    assert "data/rounds/o2/policy" in stages["evaluate_o2"]["deps"]

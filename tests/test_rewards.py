@@ -127,6 +127,43 @@ def test_bad_function_names_are_clear_errors(project, spec, expected):
     assert isinstance(info.value, DataError)  # stages turn it into `error: ...`, exit 2
 
 
+@pytest.mark.parametrize("spec, expected", [
+    ("rw_mod:short", None), ("rw_mod:LIMIT", None),
+    ("rw_mod:nope", "rw_mod.py defines no 'nope' (fix: one of its functions: ['short']"),
+    ("os:getcwd", "no file os.py in the project"),
+    ("rw_pkg.x:fn", "no file rw_pkg/x.py in the project"),
+    ("no colon", "is not 'module:function'"),
+])
+def test_render_checks_a_function_against_the_project_files_without_importing(project, spec, expected):
+    from alignloop.core.rewards import check_reward_function_source
+
+    (project / "rw_bad_syntax.py").write_text("def f(:\n")
+    if expected is None:
+        check_reward_function_source(spec, project)
+    else:
+        with pytest.raises(RewardFunctionError, match=expected.replace("(", r"\(").replace("[", r"\[")):
+            check_reward_function_source(spec, project)
+    with pytest.raises(RewardFunctionError, match="rw_bad_syntax.py does not parse"):
+        check_reward_function_source("rw_bad_syntax:f", project)
+    assert "rw_broken" not in sys.modules  # nothing was imported
+
+
+def test_alignloop_render_lists_every_bad_reward_function_at_once(tmp_path):
+    import subprocess
+
+    (tmp_path / "my_rewards.py").write_text("def brief(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
+    (tmp_path / "params.yaml").write_text(
+        "rounds:\n  r1:\n    algo: grpo\n    prev: sft\n    reward:\n      sources:\n"
+        "        - {function: 'my_rewards:brief'}\n        - {function: 'my_rewards:long'}\n"
+        "        - {function: 'os:system'}\n")
+    out = subprocess.run([sys.executable, "-m", "alignloop", "render"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "2 reward function(s) cannot be used" in out.stderr
+    assert "'my_rewards:long': my_rewards.py defines no 'long' (fix: one of its functions: ['brief']" in out.stderr
+    assert "'os:system': no file os.py in the project" in out.stderr
+    assert not (tmp_path / "dvc.yaml").exists()  # nothing written
+
+
 def test_a_module_outside_the_project_is_never_imported(project):
     with pytest.raises(RewardFunctionError, match="outside the project"):
         load_reward_function("rw_outside:fn", project)

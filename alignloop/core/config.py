@@ -32,6 +32,10 @@ class ConfigError(ValueError):
     """params.yaml is invalid; the message lists every problem with its key path, line and fix."""
 
 
+class _RoundsError(ValueError):
+    """The rounds check's summary; load_params lists the same problems one by one with their lines instead."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -350,7 +354,7 @@ class _OnlineConfig(_Section):
     max_prompts: int | None = Field(None, gt=0, description="Draw prompts from the first N training prompts.")
     max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the generations (log-probs use it too).")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate (constant after warm-up).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (cosine decay after a short warm-up).")
     beta: float = Field(0.05, ge=0, description="KL coefficient to the reference (0: no reference model is loaded).")
     ref: Literal["sft", "prev"] = Field("sft", description="KL reference: the SFT policy or the round's start policy.")
     epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range of the importance ratio.")
@@ -417,7 +421,7 @@ class RewardConfig(_Section):
 
     sources: list[RewardSourceConfig] = Field(
         default_factory=lambda: [RewardSourceConfig(reward_model="ensemble")],
-        description="Reward sources, each {reward_model: ensemble|k} or {function: 'module:function'} with a weight.")
+        description="Reward sources, each {reward_model: ensemble} (or a member index k) or {function: 'module:function'}, with a weight.")
     aggregate: Literal["weighted_sum", "maxmin"] = Field(
         "weighted_sum", description="weighted_sum: sum of weight x source. maxmin: the minimum over sources of weight "
         "x the source z-normalised over the scored batch (MaxMin-RLHF's objective).")
@@ -709,7 +713,7 @@ class Params(_Section):
             registry_enabled=self.registry.enabled,
         )
         if errors:
-            raise ValueError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
+            raise _RoundsError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
         return self
 
     @model_validator(mode="after")
@@ -813,7 +817,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except ValidationError as exc:
         # Field errors stop pydantic before the rounds check (a model validator), so the rounds are checked here
         # on the raw mapping instead, and every problem is listed at once, each with its own line.
-        errors = [e for e in exc.errors() if e["loc"] or e["type"] != "value_error"]
+        errors = [e for e in exc.errors()
+                  if e["loc"] or not isinstance((e.get("ctx") or {}).get("error"), _RoundsError)]
         rounds = raw.get("rounds") if isinstance(raw.get("rounds"), dict) else {}
         bases = {}
         for section, model in _ROUND_SECTIONS.items():
@@ -836,6 +841,9 @@ def field_help(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[
             rows.append((key, "", f.description or ""))
             rows.extend(field_help(ann, key + "."))
         else:
-            default = "" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            value = None if f.is_required() else f.get_default(call_default_factory=True)
+            if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+                value = [v.model_dump(exclude_defaults=True) or v.model_dump() for v in value]  # as params.yaml writes it
+            default = "" if f.is_required() else repr(value)
             rows.append((key, default, f.description or ""))
     return rows

@@ -100,6 +100,41 @@ def load_reward_function(spec: str, root: str | Path) -> Callable:
     return fn
 
 
+def check_reward_function_source(spec: str, root: str | Path) -> None:
+    """Check ``module:function`` against the project's files without importing anything (``alignloop render``'s
+    check, in a process whose own imports may not be the project's): the module file ``<root>/<module path>.py``
+    exists, parses, and defines ``function`` at its top level. The stage's import (load_reward_function) still
+    checks the rest when it runs."""
+    import ast
+
+    if not isinstance(spec, str) or not _SPEC.fullmatch(spec):
+        raise RewardFunctionError(f"reward function {spec!r} is not 'module:function' (fix: e.g. {_EXAMPLE})")
+    module, name = spec.split(":")
+    path = Path(root) / module_file(module)
+    if not path.is_file():
+        raise RewardFunctionError(f"reward function {spec!r}: no file {module_file(module)} in the project {root}; "
+                                  f"reward functions come only from the project's own modules (fix: correct the module "
+                                  f"name, or define the function in {module_file(module)})")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, ValueError) as exc:
+        raise RewardFunctionError(f"reward function {spec!r}: {module_file(module)} does not parse: {exc} (fix: "
+                                  "correct the module)") from None
+    defined = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+    if name not in defined:
+        functions = sorted(n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_"))
+        raise RewardFunctionError(f"reward function {spec!r}: {module_file(module)} defines no '{name}' (fix: one of "
+                                  f"its functions: {functions}, or correct the name)")
+
+
 # --- calling ----------------------------------------------------------------------------------------------------
 
 

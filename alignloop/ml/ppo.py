@@ -26,6 +26,7 @@ All the arithmetic is in alignloop.ml.rl (pure, hand-tested); this file is the l
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,9 @@ class PPOTrainer:
         self.history: list[dict] = []
         self.stopped = ""
         self.seed = seed
+        # Wall seconds of this process's iterations (not checkpointed): rollouts (generation, log-probs, scoring) and
+        # the optimisation passes, for the generation vs training split the stage reports.
+        self.seconds = {"rollout": 0.0, "update": 0.0}
         self._last_good = None
         torch.manual_seed(seed)
 
@@ -143,7 +147,10 @@ class PPOTrainer:
         # contiguous runs of k scores (rl.group_mean_baseline). For PPO, k > 1 just draws more responses.
         k = cfg.samples_per_prompt
         prompts = [p for p in prompts for _ in range(k)]
+        t0 = time.perf_counter()
         b = rollout(self.policy, self.ref, self.value, self.tok, prompts, cfg, self.score_fn)
+        self.seconds["rollout"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
         kl = rl.KL_ESTIMATORS[cfg.kl_estimator](b.old_logp, b.ref_logp) * b.mask
         seq_kl = float(kl.sum(1).mean())  # mean over responses of the summed per-token KL to the reference
         if seq_kl > cfg.kl_limit:
@@ -204,6 +211,7 @@ class PPOTrainer:
             if cfg.target_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
                 break  # the policy already moved far from the one that collected this batch
 
+        self.seconds["update"] += time.perf_counter() - t0
         self.kl_ctl.update(seq_kl, n)
         self.iteration += 1
         out = {"iteration": self.iteration, "score": float(b.scores.mean()), "kl_to_ref": seq_kl,

@@ -100,33 +100,21 @@ def render_file(params_path: str | Path = layout.PARAMS) -> str:
 
 
 def check_reward_functions(params_path: str | Path = layout.PARAMS) -> None:
-    """Import every reward function params.yaml names (the top-level reward and each round's), as the stages will:
-    a bad name is a ConfigError listing every bad one with its fix now, not a missing-dependency error from DVC
-    (the function's module file is a code dependency of the stages that call it) or a failure mid-pipeline."""
-    import sys
-
+    """Check every reward function params.yaml names (the top-level reward and each round's) against the project's
+    files: a bad name is a ConfigError listing every bad one with its fix now, not a missing-dependency error from
+    DVC (the function's module file is a code dependency of the stages that call it) or a failure mid-pipeline."""
     from alignloop.core.config import ConfigError, load_params
-    from alignloop.core.rewards import RewardFunctionError, load_reward_function
+    from alignloop.core.rewards import RewardFunctionError, check_reward_function_source
 
     params = load_params(params_path)
     specs = sorted({s.function for cfg in [params.reward, *(params.round_section(n, "reward") for n in params.rounds)]
                     for s in cfg.sources if s.function})
-    if not specs:
-        return
-    root = str(Path(params_path).resolve().parent)
-    added = root not in sys.path
-    if added:  # stages run as `python -m` in the project, which puts it first on the path; do the same here
-        sys.path.insert(0, root)
-    try:
-        errors = []
-        for spec in specs:
-            try:
-                load_reward_function(spec, root)
-            except RewardFunctionError as exc:
-                errors.append(str(exc))
-    finally:
-        if added:
-            sys.path.remove(root)
+    errors = []
+    for spec in specs:
+        try:
+            check_reward_function_source(spec, Path(params_path).resolve().parent)
+        except RewardFunctionError as exc:
+            errors.append(str(exc))
     if errors:
         raise ConfigError(f"{params_path}: {len(errors)} reward function(s) cannot be used:\n" +
                           "\n".join(f"  {e}" for e in errors))

@@ -23,7 +23,7 @@ from alignloop.core.shards import cached_ranges, parse_shard, shard_file, shard_
 from alignloop.core.seeds import round_seed
 from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
-from alignloop.pipeline.lineage import reward_model_dirs, start_deps
+from alignloop.pipeline.lineage import reward_deps, reward_modules, start_deps
 from alignloop.pipeline.specs import Ctx, StageSpec, code_paths
 
 PROMPTS = layout.PROMPTS_TRAIN
@@ -31,10 +31,11 @@ SHARD_ROOT = Path(layout.SHARD_ROOT)
 
 
 def _budget_deps(ctx: Ctx) -> list[str]:
-    """The adaptive budget scores as it draws (the reward models are inputs); prev_variance reads prev's scores."""
+    """The adaptive budget scores as it draws with the round's reward (its reward models are inputs); prev_variance
+    reads prev's scores."""
     budget, prev = ctx.section("generate").budget.strategy, ctx.rnd.prev
     if budget == "adaptive":
-        return reward_model_dirs(ctx.params)
+        return reward_deps(ctx.params, ctx.round)
     if budget == "prev_variance" and prev != "sft" and Ctx(ctx.params, prev).rejection_sampled:
         return [layout.scores(prev)]
     return []
@@ -49,9 +50,11 @@ SPECS = [StageSpec(
     help="n samples per training prompt from the round's start policy (HF or vLLM backend, sample budgets)",
     code=("alignloop.ml.backends", "alignloop.ml.inference", "alignloop.ml.modeling", "alignloop.core.budget",
           "alignloop.core.seeds", "alignloop.core.shards", "alignloop.pipeline.lineage"),
-    extra_code=lambda c: ["alignloop.core.ensemble"] if _scores_as_it_draws(c) else [],
+    extra_code=lambda c: (["alignloop.core.ensemble", "alignloop.ml.rewards", "alignloop.core.rewards",
+                           *reward_modules(c.params, c.round)] if _scores_as_it_draws(c) else []),
     params=("seed", "model"), round_params=("prev", "start", "generate"),
-    extra_params=lambda c: ["reward_model.ensemble", f"rounds.{c.round}.score"] if _scores_as_it_draws(c) else [],
+    extra_params=lambda c: (["reward_model.ensemble", f"rounds.{c.round}.score", f"rounds.{c.round}.reward"]
+                            if _scores_as_it_draws(c) else []),
     deps=lambda c: [*_budget_deps(c), *start_deps(c.params, c.round), PROMPTS],
     outs=lambda c: [layout.samples(c.round)],
     applies=lambda c: c.rejection_sampled, gpu=True,
@@ -219,9 +222,10 @@ def _prev_variance(params, r, g, prompts, get_backend, seed, max_prompt_tokens) 
 
 def _adaptive(params, r, g, prompts, get_backend, seed, max_prompt_tokens) -> tuple[list[dict], dict]:
     """min_n per prompt, then waves of `step` more to prompts without a usable pair yet (alignloop.core.budget.next_wave),
-    scored by the round's reward model(s) as the score stage will score them, until the budget is spent."""
+    scored by the round's reward as the score stage will score them (maxmin normalises over each wave here, over the
+    round there), until the budget is spent."""
     from alignloop.core.budget import next_wave
-    from alignloop.ml.inference import RewardEnsemble
+    from alignloop.pipeline.lineage import round_reward
 
     b = g.budget
     total = g.n * len(prompts)
@@ -231,12 +235,14 @@ def _adaptive(params, r, g, prompts, get_backend, seed, max_prompt_tokens) -> tu
     rows: list[dict] = []
     rewards: list[list[float]] = [[] for _ in prompts]
     index = {p["id"]: i for i, p in enumerate(prompts)}
-    score = RewardEnsemble.from_params(reward_model_dirs(params), params, params.round_section(r, "score"), keep_loaded=True)  # loaded once
+    score = round_reward(params, r, keep_loaded=True)  # reward models loaded once; reward functions imported first
+    meta = {p["id"]: p.get("meta") or {} for p in prompts}
     want, wave = [b.min_n] * len(prompts), 0
     while any(want):
         new = _draw(get_backend, g, prompts, [len(x) for x in rewards], want, seed + wave * WAVE_SEED_STRIDE,
                     max_prompt_tokens, f"generate {r} wave {wave}")
-        scores, _ = score([x["prompt"] for x in new], [x["response"] for x in new], desc=f"budget scores wave {wave}")
+        scores = score([x["prompt"] for x in new], [x["response"] for x in new], [meta[x["prompt_id"]] for x in new],
+                       progress=True)
         for x, sc in zip(new, scores):  # a prompt's new rows come in sample_idx order
             rewards[index[x["prompt_id"]]].append(sc)
         rows += new

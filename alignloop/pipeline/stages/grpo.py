@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from alignloop.core import files
+from alignloop.core.config import ConfigError
 from alignloop.core.seeds import round_seed
 from alignloop.pipeline import layout
 from alignloop.pipeline.entry import stage_main
@@ -131,16 +132,26 @@ def run(params, args) -> None:
     if c.use_vllm:
         online.update(vllm_mode="colocate")
     dataset = Dataset.from_list([{"prompt": as_messages(x["prompt"]), "prompt_id": x["id"]} for x in rows])
-    trainer = Trainer(model=model, reward_funcs=reward_for_trl(reward, {x["id"]: x for x in rows}),
-                      args=Config(**common, **online), train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=lora_config(params))
-    if c.beta > 0 and trainer.ref_model is not None and Path(ref_dir).resolve() != Path(start).resolve():
-        # TRL builds its reference from the policy's own path (the start policy); ref: sft means SFT instead.
-        from trl.models.utils import disable_dropout_in_model
-
-        ref = load_causal_lm(ref_dir, params.model)
-        disable_dropout_in_model(ref)
-        trainer.ref_model = trainer.accelerator.prepare_model(ref, evaluation_mode=True)
+    peft = lora_config(params)
+    other_ref = c.beta > 0 and Path(ref_dir).resolve() != Path(start).resolve()
+    if other_ref and peft is not None:
+        raise ConfigError(f"{algo}.ref sft with train.lora.enabled: TRL's reference under LoRA is the start policy "
+                          f"with its adapter disabled ({start}), not SFT (fix: rounds.{r}.{algo}.ref: prev, or "
+                          f"{algo}.beta: 0)")
+    # TRL builds its reference from the policy's own path (config._name_or_path: the start policy) and patches it as
+    # it patches the policy; for ref: sft it is pointed at SFT while the trainer is built, then put back.
+    name_or_path = model.config._name_or_path
+    if other_ref:
+        model.config._name_or_path = str(ref_dir)
+    try:
+        trainer = Trainer(model=model, reward_funcs=reward_for_trl(reward, {x["id"]: x for x in rows}),
+                          args=Config(**common, **online), train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft)
+    finally:
+        model.config._name_or_path = name_or_path
+    if other_ref:  # the reference must really be SFT: its weights differ from the start policy's
+        ref_name = trainer.ref_model.config._name_or_path
+        assert Path(ref_name).resolve() == Path(ref_dir).resolve(), (ref_name, ref_dir)
     timer = StepTimer()
     trainer._generate = timer.wrap(trainer._generate, "generate")
     trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, "reward")
@@ -164,7 +175,7 @@ def run(params, args) -> None:
     shutil.rmtree(ckpt.parent, ignore_errors=True)  # the policy is saved: nothing left to resume
     print(f"{algo} {r}: {metrics['steps']} steps, {samples} samples, reward {metrics.get('reward_first', float('nan')):.3f}"
           f" -> {metrics.get('reward_last', float('nan')):.3f}, KL estimate {metrics.get('kl_estimate_last', float('nan')):.3f}; "
-          f"generate {metrics['generate_s']:.0f} s, reward {metrics['reward_s']:.0f} s, update {metrics['update_s']:.0f} s;"
+          f"generate {metrics['generate_s']:.1f} s, reward {metrics['reward_s']:.1f} s, update {metrics['update_s']:.1f} s;"
           f" saved {out}/")
     with stage_run(params.experiment, algo, {algo: c.model_dump(), "prev": params.rounds[r].prev}, r) as run_:
         run_.log_metrics(metrics)

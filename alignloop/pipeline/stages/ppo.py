@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,9 +120,15 @@ def run(params, args) -> None:
         value.config.pad_token_id = tokenizer.pad_token_id
     # Reward functions get each prompt's meta, as the score stage gives it; rollouts carry the prompts themselves.
     meta = {json.dumps(p["prompt"], sort_keys=True): p.get("meta") or {} for p in rows}
-    trainer = PPOTrainer(policy, ref, value, tokenizer, cfg,
-                         lambda ps, texts: rewards(ps, texts, [meta[json.dumps(p, sort_keys=True)] for p in ps]),
-                         seed=seed,
+    reward_s = [0.0]
+
+    def score(ps, texts):
+        t0 = time.perf_counter()
+        out = rewards(ps, texts, [meta[json.dumps(p, sort_keys=True)] for p in ps])
+        reward_s[0] += time.perf_counter() - t0
+        return out
+
+    trainer = PPOTrainer(policy, ref, value, tokenizer, cfg, score, seed=seed,
                          advantage="gae" if algo == "ppo" else "reinforce_pp")
     if (ckpt / "state.pt").is_file():
         trainer.load(ckpt)
@@ -136,7 +143,12 @@ def run(params, args) -> None:
     metrics = {"iterations": result["iterations"], "stopped_early": bool(result["stopped"]),
                "score_first": hist[0]["score"], "score_last": hist[-1]["score"],
                "kl_to_ref_last": hist[-1]["kl_to_ref"], "kl_coef_last": hist[-1]["kl_coef"],
-               "entropy_last": hist[-1].get("entropy", 0.0), "response_tokens_last": hist[-1]["response_tokens"]}
+               "entropy_last": hist[-1].get("entropy", 0.0), "response_tokens_last": hist[-1]["response_tokens"],
+               # this execution's wall time (a resumed run counts from its resume): sampling and log-probs, the
+               # reward, the optimisation passes
+               "samples": result["iterations"] * c.rollout_prompts * c.samples_per_prompt,
+               "generate_s": trainer.seconds["rollout"] - reward_s[0], "reward_s": reward_s[0],
+               "update_s": trainer.seconds["update"]}
     files.write_json(layout.train_metrics(r), metrics)
     shutil.rmtree(CKPT_ROOT / r, ignore_errors=True)  # the policy is saved: nothing left to resume
     print(f"{algo} {r}: {metrics['iterations']} iterations, reward {metrics['score_first']:.3f} -> "
