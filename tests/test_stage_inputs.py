@@ -9,7 +9,8 @@ import json
 import pytest
 import yaml
 
-PARAMS = {"rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "p1": {"algo": "ppo", "prev": "sft"}}}
+PARAMS = {"rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "p1": {"algo": "ppo", "prev": "sft"},
+                     "g1": {"algo": "grpo", "prev": "sft"}}}
 
 GOOD_PROMPT = {"id": "p1", "prompt": "tell me about ocean"}
 GOOD_SFT = {"id": "s1", "prompt": "tell me about ocean", "response": "waves are calm"}
@@ -37,6 +38,8 @@ FILES = [
      ("prompt", 5), {"data/curated/prefs/train.jsonl": PAIRS_2}),
     ("ppo-prompts", "ppo", ["--round", "p1"], "data/curated/prompts/train.jsonl", GOOD_PROMPT, ["prompt"],
      ("prompt", 7), {}),
+    ("grpo-prompts", "grpo", ["--round", "g1"], "data/curated/prompts/train.jsonl", GOOD_PROMPT, ["prompt"],
+     ("prompt", 7), {}),
     ("base-sft", "base", [], "data/curated/sft.jsonl", GOOD_SFT, ["prompt", "response"], ("response", 1), {}),
     ("base-prefs", "base", [], "data/curated/prefs/train.jsonl", GOOD_PAIR, ["prompt", "chosen", "rejected"],
      ("rejected", None), {"data/curated/sft.jsonl": [GOOD_SFT]}),
@@ -45,7 +48,8 @@ EMPTY_OK = {"eval-prefs", "base-prefs"}  # files a stage may find empty (no held
 # What each stage writes: a previous good output there must survive the failed run untouched.
 OUTS = {"generate": "data/rounds/r1/samples.jsonl", "evaluate": "data/rounds/r1/eval.json", "sft": "data/models/sft",
         "reward_model": "data/models/rm", "dpo": "data/rounds/r1/policy", "score": "data/rounds/r1/scores.jsonl",
-        "pairs": "data/rounds/r1/pairs.jsonl", "ppo": "data/rounds/p1/policy", "base": "data/models/base"}
+        "pairs": "data/rounds/r1/pairs.jsonl", "ppo": "data/rounds/p1/policy", "base": "data/models/base",
+        "grpo": "data/rounds/g1/policy"}
 
 
 def _other(good: dict) -> dict:

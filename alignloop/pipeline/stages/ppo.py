@@ -92,8 +92,8 @@ def run(params, args) -> None:
     c = params.round_section(r, "ppo")
     start = start_policy(params, r)
     ref_dir = layout.policy_dir("sft") if c.ref == "sft" else start
-    rewards = round_reward(params, r, keep_loaded=True)  # imports the reward functions: a bad name fails first
     rows = files.read_jsonl(PROMPTS, files.validate_prompt, id_key="id")[: c.max_prompts]
+    rewards = round_reward(params, r, keep_loaded=True)  # imports the reward functions, then loads the reward models
     prompts = [p["prompt"] for p in rows]
     seed = round_seed(params.seed, r)
     cfg = SimpleNamespace(**c.model_dump(), max_prompt_tokens=params.model.max_length - c.max_new_tokens)
