@@ -58,15 +58,51 @@ def rounds_for(train_prompts: int) -> dict:
                                           "baseline": "group_mean"}},
         "grpo": {"algo": "grpo", "prev": "sft", "grpo": group},
         "rloo": {"algo": "rloo", "prev": "sft", "rloo": group},
+        # one update per 64 samples (PPO makes 8): the learning rate matters more; measured for the default (5e-4)
+        "grpo_lr1em4": {"algo": "grpo", "prev": "sft", "grpo": {**group, "lr": 1e-4}},
+        "grpo_lr1em3": {"algo": "grpo", "prev": "sft", "grpo": {**group, "lr": 1e-3}},
+        "rloo_lr1em4": {"algo": "rloo", "prev": "sft", "rloo": {**group, "lr": 1e-4}},
+        "rloo_lr1em3": {"algo": "rloo", "prev": "sft", "rloo": {**group, "lr": 1e-3}},
         "reinforce_pp_mixed_reward": {"algo": "reinforce_pp", "prev": "sft", "ppo": ppo, "reward": MIXED_REWARD},
     }
+
+
+LABELS = {
+    "dpo_sigmoid": "DPO, sigmoid (default)", "dpo_ipo": "DPO, IPO", "dpo_hinge": "DPO, hinge (RSO)",
+    "dpo_robust": "DPO, robust (ε 0.1)", "cdpo": "conservative DPO (label smoothing 0.1)",
+    "raft": "RAFT (top-1 of 4 per prompt)", "ppo": "PPO", "reinforce_pp": "REINFORCE++",
+    "reinforce_pp_baseline": "REINFORCE++-baseline (16 prompts × 4)", "grpo": "GRPO (default, lr 5e-4)",
+    "grpo_lr1em4": "GRPO, lr 1e-4", "grpo_lr1em3": "GRPO, lr 1e-3", "rloo": "RLOO (default, lr 5e-4)",
+    "rloo_lr1em4": "RLOO, lr 1e-4", "rloo_lr1em3": "RLOO, lr 1e-3",
+    "reinforce_pp_mixed_reward": "REINFORCE++, reward model + length + repetition rules (0.5 each)",
+}
+
+
+def markdown_table(result: dict) -> str:
+    """The README's markdown table from a bench/out/algorithms.json result."""
+    rows = ["| algorithm (one round from SFT) | gold reward | gold win-rate vs SFT | KL to SFT | proxy reward | samples | "
+            "generate / reward / update s | wall time |", "|---|---|---|---|---|---|---|---|"]
+    order = ["sft", *LABELS]
+    for key, t in sorted(result["table"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        tr = t.get("train", {})
+        split = (f"{tr['generate_s']:.1f} / {tr['reward_s']:.1f} / {tr['update_s']:.1f}" if "generate_s" in tr else "")
+        rows.append(f"| {LABELS.get(key, 'SFT (baseline)' if key == 'sft' else key)} | {t['gold_reward']:.3f} | "
+                    f"{t['win_rate_vs_sft_gold']:.3f} | {t['kl_to_sft']:.2f} | {t['proxy_reward']:.3f} | "
+                    f"{tr.get('samples', '') if split else ''} | {split} | {str(t['seconds']) + ' s' if 'seconds' in t else ''} |")
+    return "\n".join(rows)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--project", type=Path, default=REPO)
     ap.add_argument("--only", nargs="*", help="a subset of the rounds")
+    ap.add_argument("--table", action="store_true", help="print the README table of the last run and exit")
     a = ap.parse_args()
+    if a.table:
+        from _out import OUT
+
+        print(markdown_table(json.loads((OUT / "algorithms.json").read_text())))
+        return 0
     work, env = scratch_copy(a.project, "alignloop-algos-")
     train_prompts = sum(1 for _ in (work / layout.PROMPTS_TRAIN).open())
     rounds = {k: v for k, v in rounds_for(train_prompts).items() if not a.only or k in a.only}
@@ -88,6 +124,7 @@ def main() -> int:
         train = yaml.safe_load((work / layout.train_metrics(r)).read_text())
         table[r]["train"] = {k: train[k] for k in ("samples", "generate_s", "reward_s", "update_s", "iterations",
                                                    "steps", "stopped_early", "train_runtime_s") if k in train}
+
         print(r, table[r], flush=True)
     if a.only:  # a partial rerun updates the rows it ran and keeps the others
         from _out import OUT

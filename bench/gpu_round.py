@@ -51,7 +51,8 @@ from alignloop.pipeline import layout  # noqa: E402
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 SETUP = ("prepare", "curate", "base", "sft", "reward_model", "evaluate_sft")
 KINDS = {"generate": "generation", "score": "scoring", "pairs": "pairs", "dpo": "training", "raft": "training",
-         "ppo": "training", "reinforce_pp": "training", "evaluate": "evaluation"}
+         "ppo": "training", "reinforce_pp": "training", "grpo": "training", "rloo": "training",
+         "evaluate": "evaluation"}
 # A tiny configuration for --smoke: proves the script end to end on a CPU in a few minutes; its numbers mean nothing.
 SMOKE = {
     "task": {"num_prompts": 48, "sft_per_prompt": 2, "pairs_per_prompt": 2},
