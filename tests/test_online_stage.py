@@ -40,3 +40,21 @@ def test_grpo_and_rloo_are_two_stages_of_one_module_picked_by_a_flag():
     grpo, rloo = SPECS
     assert (grpo.name, grpo.args, rloo.name, rloo.args) == ("grpo", "", "rloo", "--rloo")
     assert grpo.module == rloo.module and grpo.gpu and rloo.gpu
+
+
+def test_a_reference_other_than_the_start_policy_under_lora_is_refused_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                                          tracking):
+    """TRL's reference under LoRA is the adapter-disabled start policy: `ref: sft` for a round that starts elsewhere
+    cannot be honoured, so the stage says so with the fix (nothing is read or loaded; no inputs exist here)."""
+    import yaml
+
+    from alignloop.pipeline.stages import grpo
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "train": {"lora": {"enabled": True}},
+        "rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "g2": {"algo": "grpo", "prev": "r1"}}}, sort_keys=False))
+    assert grpo.main(["--round", "g2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: grpo.ref sft with train.lora.enabled") and "fix: rounds.g2.grpo.ref: prev" in err, err
+    assert "Traceback" not in err

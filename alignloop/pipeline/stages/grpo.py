@@ -100,8 +100,14 @@ def run(params, args) -> None:
     c = params.round_section(r, algo)
     start = start_policy(params, r)
     ref_dir = layout.policy_dir("sft") if c.ref == "sft" else start
+    peft = lora_config(params)
+    other_ref = c.beta > 0 and Path(ref_dir).resolve() != Path(start).resolve()
+    if other_ref and peft is not None:
+        raise ConfigError(f"{algo}.ref sft with train.lora.enabled: TRL's reference under LoRA is the start policy "
+                          f"with its adapter disabled ({start}), not SFT (fix: rounds.{r}.{algo}.ref: prev, or "
+                          f"{algo}.beta: 0)")
     rows = files.read_jsonl(PROMPTS, files.validate_prompt, id_key="id")[: c.max_prompts]
-    reward = round_reward(params, r, keep_loaded=True)  # loads the reward functions: a bad name fails here, first
+    reward = round_reward(params, r, keep_loaded=True)  # imports the reward functions, then loads the reward models
 
     tokenizer = load_tokenizer(start, params.model)
     check_prompt_lengths(PROMPTS, rows, tokenizer, params.model.max_length - c.max_new_tokens,
@@ -132,12 +138,6 @@ def run(params, args) -> None:
     if c.use_vllm:
         online.update(vllm_mode="colocate")
     dataset = Dataset.from_list([{"prompt": as_messages(x["prompt"]), "prompt_id": x["id"]} for x in rows])
-    peft = lora_config(params)
-    other_ref = c.beta > 0 and Path(ref_dir).resolve() != Path(start).resolve()
-    if other_ref and peft is not None:
-        raise ConfigError(f"{algo}.ref sft with train.lora.enabled: TRL's reference under LoRA is the start policy "
-                          f"with its adapter disabled ({start}), not SFT (fix: rounds.{r}.{algo}.ref: prev, or "
-                          f"{algo}.beta: 0)")
     # TRL builds its reference from the policy's own path (config._name_or_path: the start policy) and patches it as
     # it patches the policy; for ref: sft it is pointed at SFT while the trainer is built, then put back.
     name_or_path = model.config._name_or_path
