@@ -446,6 +446,22 @@ class RewardConfig(_Section):
         """One reward-model source at weight 1: the reward is the (ensemble) reward model's score, as before."""
         return self == RewardConfig()
 
+    @property
+    def function_modules(self) -> list[str]:
+        """The modules of the reward functions, in source order: code the reward depends on."""
+        return list(dict.fromkeys(s.function.split(":", 1)[0] for s in self.sources if s.function))
+
+    def members(self, ensemble: int) -> list[int]:
+        """The reward-model members the sources read, each once, in order: all ``ensemble`` of them for an
+        'ensemble' source, member k for a k source (k may be out of range: the callers say so)."""
+        used = set()
+        for s in self.sources:
+            if s.reward_model == "ensemble":
+                used.update(range(ensemble))
+            elif s.reward_model is not None:
+                used.add(s.reward_model)
+        return sorted(used)
+
 
 class EvaluateConfig(_Section):
     max_new_tokens: int = Field(32, gt=0, description="Max response tokens.")

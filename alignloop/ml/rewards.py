@@ -34,22 +34,16 @@ class RoundReward:
         self.weights: list[float] = [s.weight for s in sources]
         self.aggregate: str = reward_cfg.aggregate
         self.is_default: bool = reward_cfg.is_default
-        self.function_modules: list[str] = list(dict.fromkeys(s.function.split(":", 1)[0] for s in sources
-                                                              if s.function))
+        self.function_modules: list[str] = reward_cfg.function_modules
         self._functions = {s.label: load_reward_function(s.function, self.root) for s in sources if s.function}
-        members: list[int] = []
         for s in sources:
-            if s.reward_model == "ensemble":
-                members += range(len(rm_dirs))
-            elif s.reward_model is not None:
-                k = s.reward_model
-                if not 0 <= k < len(rm_dirs):
-                    raise ConfigError(
-                        f"reward source '{s.label}' is reward_model {k}, but the ensemble has {len(rm_dirs)} member(s), "
-                        f"0 to {len(rm_dirs) - 1} (fix: reward_model: 0..{len(rm_dirs) - 1} or 'ensemble', or raise "
-                        "reward_model.ensemble)")
-                members.append(k)
-        self._members = sorted(set(members))  # the members scored, each once
+            k = s.reward_model
+            if isinstance(k, int) and not 0 <= k < len(rm_dirs):
+                raise ConfigError(
+                    f"reward source '{s.label}' is reward_model {k}, but the ensemble has {len(rm_dirs)} member(s), "
+                    f"0 to {len(rm_dirs) - 1} (fix: reward_model: 0..{len(rm_dirs) - 1} or 'ensemble', or raise "
+                    "reward_model.ensemble)")
+        self._members = reward_cfg.members(len(rm_dirs))  # the members scored, each once
         self._uses_ensemble = any(s.reward_model == "ensemble" for s in sources)
         self.model_dirs: list[str] = [rm_dirs[k] for k in self._members]
         self._ensemble = None

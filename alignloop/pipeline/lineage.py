@@ -71,21 +71,13 @@ def reward_deps(params, name: str) -> list[str]:
     """The reward-model directories a round's reward reads: every member for the ensemble source, one for a member
     source, none when its sources are functions only. (Functions read the prompts' ``meta``: the stages that call
     them depend on the prompts file themselves.)"""
-    cfg = params.round_section(name, "reward")
     dirs = reward_model_dirs(params)
-    out = []
-    for s in cfg.sources:
-        if s.reward_model == "ensemble":
-            out += dirs
-        elif s.reward_model is not None:
-            out.append(dirs[s.reward_model])
-    return list(dict.fromkeys(out))
+    return [dirs[k] for k in params.round_section(name, "reward").members(len(dirs))]
 
 
 def reward_modules(params, name: str) -> list[str]:
     """The modules of a round's reward functions: code the reward depends on, so DVC reruns a stage when one changes."""
-    return list(dict.fromkeys(s.function.split(":", 1)[0] for s in params.round_section(name, "reward").sources
-                              if s.function))
+    return params.round_section(name, "reward").function_modules
 
 
 def round_reward(params, name: str, *, keep_loaded: bool = False):

@@ -95,8 +95,8 @@ def run(params, args) -> None:
     spec = SPECS[1] if args.rloo else SPECS[0]
     algo = spec.name
     if params.rounds[r].algo != algo:
-        raise files.DataError(f"round {r} is an algo '{params.rounds[r].algo}' round, not {algo} (fix: run "
-                              "`alignloop render` and `dvc repro`, which pick each round's stage)")
+        raise ConfigError(f"round {r} is an algo '{params.rounds[r].algo}' round, not {algo} (fix: run "
+                          "`alignloop render` and `dvc repro`, which pick each round's stage)")
     c = params.round_section(r, algo)
     start = start_policy(params, r)
     ref_dir = layout.policy_dir("sft") if c.ref == "sft" else start

@@ -41,10 +41,12 @@ def _value_init_dir(params, r: str, start: str) -> str:
 
 
 def _deps(c) -> list[str]:
-    # The round's reward (reward models and/or functions' prompts meta) and, for PPO, the value model's start.
-    value = [_value_init_dir(c.params, c.round, "")] if c.rnd.algo == "ppo" else []
+    # The round's reward (reward models and/or functions' prompts meta) and, for PPO, the value model's start when
+    # it is the reward model (the start policy is a dep anyway).
+    value = reward_model_dirs(c.params)[:1] if c.rnd.algo == "ppo" and c.section("ppo").value_init == "reward_model" \
+        else []
     return list(dict.fromkeys([*start_deps(c.params, c.round), *reference_deps(c.params, c.round, c.section("ppo").ref),
-                               *reward_deps(c.params, c.round), *filter(None, value), PROMPTS]))
+                               *reward_deps(c.params, c.round), *value, PROMPTS]))
 
 
 SPECS = [StageSpec(
