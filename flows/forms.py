@@ -24,14 +24,14 @@ class RoundSettings(BaseModel):
 
     round: str = Field("", description="The round to set, e.g. r3. Empty: the last round, after `rounds` has added "
                        "any (so with `rounds` one more than params.yaml has, these settle the new round).")
-    algo: Literal["", "dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp"] = Field(
+    algo: Literal["", "dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp", "sppo", "dno", "inpo", "lipo"] = Field(
         "", description="The round's algorithm (empty: as in params.yaml; a new round repeats the last one's).")
-    lr: float = Field(0.0, ge=0, description="Learning rate of the round's training (dpo.lr, ppo.lr, raft.lr, "
-                      "grpo.lr or rloo.lr; reinforce_pp rounds: ppo.lr); 0: as in params.yaml.")
-    beta: float = Field(0.0, ge=0, description="DPO, GRPO and RLOO rounds: KL strength to the reference (dpo.beta, "
-                        "grpo.beta, rloo.beta; higher stays closer); 0: as in params.yaml.")
-    epochs: float = Field(0.0, ge=0, description="DPO and RAFT rounds: passes over the round's data; 0: as in "
-                          "params.yaml.")
+    lr: float = Field(0.0, ge=0, description="Learning rate of the round's training (<algo>.lr: dpo, ppo, raft, "
+                      "grpo, rloo, sppo, dno, inpo, lipo; reinforce_pp rounds: ppo.lr); 0: as in params.yaml.")
+    beta: float = Field(0.0, ge=0, description="DPO, GRPO, RLOO, DNO and LiPO rounds: KL strength to the reference "
+                        "(<algo>.beta; higher stays closer); 0: as in params.yaml.")
+    epochs: float = Field(0.0, ge=0, description="DPO, RAFT, SPPO, DNO, INPO and LiPO rounds: passes over the "
+                          "round's data; 0: as in params.yaml.")
     iterations: int = Field(0, ge=0, description="PPO and REINFORCE++ rounds: rollout-then-optimise iterations "
                             "(ppo.iterations); 0: as in params.yaml.")
     n: int = Field(0, ge=0, description="Samples generated per prompt for the round (generate.n); 0: as in "
@@ -39,8 +39,10 @@ class RoundSettings(BaseModel):
 
 
 # field -> the algorithms whose section (config.ALGO_SECTION) has it
-_FIELDS: dict[str, tuple[str, ...]] = {"lr": ("dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp"),
-                                       "beta": ("dpo", "grpo", "rloo"), "epochs": ("dpo", "raft"),
+_FIELDS: dict[str, tuple[str, ...]] = {"lr": ("dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp", "sppo", "dno",
+                                              "inpo", "lipo"),
+                                       "beta": ("dpo", "grpo", "rloo", "dno", "lipo"),
+                                       "epochs": ("dpo", "raft", "sppo", "dno", "inpo", "lipo"),
                                        "iterations": ("ppo", "reinforce_pp")}
 
 

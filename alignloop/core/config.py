@@ -52,6 +52,11 @@ class TaskConfig(_Section):
     good_demo_fraction: float = Field(
         0.35, ge=0, le=1, description="Share of SFT demonstrations written by a careful writer; the rest are noisy."
     )
+    intransitive: float = Field(
+        0.0, ge=0, description="Weight w of a rock-paper-scissors component among three response styles in the "
+        "annotators' true preference P_gold(a>b) = sigmoid((g_a-g_b)/T + w*C(style_a, style_b)), C = +1/-1/0: no "
+        "scalar reward explains it. SFT demonstrations then favour one style. 0: the transitive task (annotators "
+        "are Bradley-Terry on the gold reward). Evaluation reports gold win-rates as mean P_gold when > 0.")
 
 
 class DataConfig(_Section):
@@ -170,6 +175,27 @@ class JudgeModelConfig(_Section):
     batch_size: int = Field(32, gt=0, description="Pairs per optimizer step.")
     checkpoint_every: int = Field(100, ge=0, description="Optimizer steps between resumable checkpoints in "
                                   ".alignloop/ckpt/ (0: none).")
+
+
+class PreferenceModelConfig(_Section):
+    """A pairwise preference model P(a > b | x): one forward pass over the prompt and both responses (the PairRM /
+    pair-preference-model design), trained on the curated pairs in both orders with the label flipped. Unlike a
+    Bradley-Terry reward model it can represent intransitive preferences; the sppo, dno and inpo rounds select and
+    train by its win-rates."""
+
+    enabled: bool = Field(False, description="Train data/models/pm (stage preference_model); sppo, dno and inpo "
+                          "rounds need it.")
+    init: Literal["sft", "base"] = Field("sft", description="Backbone when `backbone` is unset: the SFT policy or the "
+                                         "base model (a fresh 1-logit head either way).")
+    backbone: str | None = Field(None, description="Another model to build it on: a local directory in the hub "
+                                 "layout or a hub id (its own tokenizer; trust_remote_code stays off).")
+    epochs: float = Field(4.0, gt=0, description="Passes over the training pairs (each pair is seen in both orders).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(32, gt=0, description="Ordered pairs per optimizer step.")
+    max_length: int | None = Field(None, gt=0, description="Tokens of prompt + both responses; each response is cut "
+                                   "to its share (None: 2 x model.max_length).")
+    checkpoint_every: int = Field(100, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
 
 
 class LlmJudgeConfig(_Section):
@@ -384,6 +410,60 @@ class RLOOSection(_OnlineConfig):
     normalize_advantages: bool = Field(False, description="Whiten the RLOO advantages over the batch.")
 
 
+class _PreferenceRoundConfig(_Section):
+    """Settings shared by the rounds trained by alignloop's own preference loop (stages/selfplay.py): sppo, dno,
+    inpo and lipo. The policy starts from the round's start policy (the iterate pi_t); each round reads its own
+    samples (generate.n per prompt, n >= 2)."""
+
+    lr: float = Field(2.5e-4, gt=0, description="Peak learning rate (cosine decay after a short warm-up).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the round's pairs (lists for lipo).")
+    batch_size: int = Field(16, gt=0, description="Pairs (lists) per optimizer step.")
+    checkpoint_every: int = Field(20, ge=0, description="Optimizer steps between resumable checkpoints in "
+                                  ".alignloop/ckpt/ (0: none; a killed run then restarts).")
+
+
+class SPPOConfig(_PreferenceRoundConfig):
+    """SPPO (Self-Play Preference Optimization, arXiv 2405.00675): per prompt, each sample's win-rate against the
+    others (the preference model's P(y > pi_t)); the best and worst samples' log-ratios to the previous iterate are
+    regressed onto eta * (win-rate - 1/2)."""
+
+    eta: float = Field(5.0, gt=0, description="Step size: the target log-ratio to the previous iterate is "
+                       "eta * (win-rate - 0.5) (SPPO's 1/beta).")
+    min_margin: float = Field(0.0, ge=0, description="Skip prompts whose best-worst win-rate gap is below this.")
+
+
+class DNOConfig(_PreferenceRoundConfig):
+    """DNO (Direct Nash Optimization, arXiv 2404.03715), its practical batched on-policy version: per prompt the
+    samples with the highest and lowest preference-model win-rate, kept when their gap clears the margin, and a DPO
+    (contrastive) update against the previous iterate."""
+
+    beta: float = Field(0.3, gt=0, description="KL strength of the contrastive update against the previous iterate.")
+    min_margin: float = Field(0.1, ge=0, description="Margin filter: keep a prompt's pair only when the best-worst "
+                              "win-rate gap is at least this.")
+
+
+class INPOConfig(_PreferenceRoundConfig):
+    """INPO (Iterative Nash Policy Optimization, arXiv 2407.00617): a no-regret update with the previous iterate and
+    the SFT reference both in the loss, on the best/worst samples by preference-model win-rate."""
+
+    eta: float = Field(3.0, gt=0, description="Learning rate of the no-regret update: the target log-ratio margin "
+                       "is eta/2 (IPO's 1/(2 beta) when eta*tau = 1).")
+    tau: float = Field(0.1, ge=0, description="KL regularisation to the SFT reference; eta*tau (<= 1) is the weight "
+                       "of the reference against the previous iterate in the loss.")
+    min_margin: float = Field(0.0, ge=0, description="Skip prompts whose best-worst win-rate gap is below this.")
+
+
+class LiPOConfig(_PreferenceRoundConfig):
+    """LiPO-lambda (arXiv 2402.01878): a listwise loss over every ranked response of a prompt (the pairs stage's
+    rankings.jsonl, ranked by the round's reward), each ordered pair weighted by its lambda (gain x rank discount)."""
+
+    beta: float = Field(0.3, gt=0, description="Scale of the policy's log-ratio to the reference (the list scores).")
+    ref: Literal["sft", "prev"] = Field("prev", description="Reference model: fixed at SFT, or the previous round's "
+                                        "policy.")
+    lambda_weights: bool = Field(True, description="LiPO-lambda's weights; false: every ordered pair weighs 1 (the "
+                                 "pair-logistic ablation, DPO over all pairs).")
+
+
 class RewardSourceConfig(_Section):
     """One source of a round's reward: the reward model(s), or a Python reward function."""
 
@@ -587,10 +667,12 @@ class TrainConfig(_Section):
 
 
 class RoundConfig(_Section):
-    algo: Literal["dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp"] = Field(
+    algo: Literal["dpo", "ppo", "raft", "grpo", "rloo", "reinforce_pp", "sppo", "dno", "inpo", "lipo"] = Field(
         "dpo", description="dpo: pairs from rejection sampling, TRL DPO. ppo: on-policy PPO with a value model. raft: "
         "SFT on the best samples. grpo / rloo: TRL's GRPOTrainer / RLOOTrainer (group baselines, no value model). "
-        "reinforce_pp: REINFORCE++ (the PPO loop without a critic; ppo.baseline group_mean for REINFORCE++-baseline).")
+        "reinforce_pp: REINFORCE++ (the PPO loop without a critic; ppo.baseline group_mean for REINFORCE++-baseline). "
+        "sppo / dno / inpo: self-play on the round's samples ranked by the preference model's win-rates "
+        "(preference_model.enabled). lipo: LiPO-lambda's listwise loss over the round's ranked samples.")
     prev: str = Field(description="The round before this one: 'sft' or an earlier round's name.")
     start: Literal["prev", "champion"] = Field(
         "prev", description="Start from prev's policy, or from the champion after prev's registration (a round the "
@@ -604,15 +686,22 @@ class RoundConfig(_Section):
     grpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level grpo section.")
     rloo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level rloo section.")
     reward: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level reward section.")
+    sppo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level sppo section.")
+    dno: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level dno section.")
+    inpo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level inpo section.")
+    lipo: dict[str, Any] = Field(default_factory=dict, description="Overrides of the top-level lipo section.")
 
 
 # The params section each algorithm trains with: its own, except REINFORCE++, which is the PPO loop without a critic.
 ALGO_SECTION: dict[str, str] = {"dpo": "dpo", "ppo": "ppo", "raft": "raft", "grpo": "grpo", "rloo": "rloo",
-                                "reinforce_pp": "ppo"}
+                                "reinforce_pp": "ppo", "sppo": "sppo", "dno": "dno", "inpo": "inpo", "lipo": "lipo"}
+# Rounds that select and train by the preference model's win-rates (the preference_model stage must be on).
+PREFERENCE_ALGOS = ("sppo", "dno", "inpo")
 
 _ROUND_SECTIONS: dict[str, type[_Section]] = {
     "generate": GenerateConfig, "score": ScoreConfig, "pairs": PairsConfig, "dpo": DPOConfig, "ppo": PPOConfig,
-    "raft": RaftConfig, "grpo": GRPOSection, "rloo": RLOOSection, "reward": RewardConfig,
+    "raft": RaftConfig, "grpo": GRPOSection, "rloo": RLOOSection, "reward": RewardConfig, "sppo": SPPOConfig,
+    "dno": DNOConfig, "inpo": INPOConfig, "lipo": LiPOConfig,
 }
 
 
@@ -661,6 +750,15 @@ def _algo_errors(algo: str, sections: dict[str, dict]) -> list[tuple[tuple, str]
         out.append((("ppo", "samples_per_prompt"), "REINFORCE++-baseline subtracts the mean of a prompt's responses, "
                     f"so it needs >= 2 per prompt, got {ppo.get('samples_per_prompt')} (fix: ppo.samples_per_prompt: "
                     "4, or ppo.baseline: none)"))
+    gen_n = (sections.get("generate") or {}).get("n", 2)
+    if algo in (*PREFERENCE_ALGOS, "lipo") and isinstance(gen_n, int) and gen_n < 2:
+        out.append((("generate", "n"), f"{algo} compares each prompt's samples with one another, so it needs >= 2 per "
+                    f"prompt, got {gen_n} (fix: generate.n: 4)"))
+    inpo = sections.get("inpo") or {}
+    eta, tau = inpo.get("eta"), inpo.get("tau")
+    if algo == "inpo" and isinstance(eta, (int, float)) and isinstance(tau, (int, float)) and eta * tau > 1:
+        out.append((("inpo", "tau"), f"eta * tau = {eta * tau:g} > 1: the reference's weight in INPO's loss must be "
+                    f"in [0, 1] (fix: tau <= {1 / eta:g} for eta {eta:g})"))
     if algo == "ppo" and ppo.get("baseline", "none") != "none":
         out.append((("ppo", "baseline"), "ppo's baseline is its value model; baseline applies to algo reinforce_pp "
                     "(fix: ppo.baseline: none, or algo: reinforce_pp)"))
@@ -690,6 +788,12 @@ class Params(_Section):
     rloo: RLOOSection = Field(default_factory=RLOOSection, description="Default RLOO settings (TRL RLOOTrainer).")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="The reward rounds optimise and select by: "
                                  "reward models and reward functions, combined.")
+    preference_model: PreferenceModelConfig = Field(default_factory=PreferenceModelConfig,
+                                                    description="Pairwise preference model (sppo, dno, inpo rounds).")
+    sppo: SPPOConfig = Field(default_factory=SPPOConfig, description="Default SPPO settings (alignloop's loop).")
+    dno: DNOConfig = Field(default_factory=DNOConfig, description="Default DNO settings (alignloop's loop).")
+    inpo: INPOConfig = Field(default_factory=INPOConfig, description="Default INPO settings (alignloop's loop).")
+    lipo: LiPOConfig = Field(default_factory=LiPOConfig, description="Default LiPO-lambda settings (alignloop's loop).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings shared by sft, "
                                "reward_model, dpo and raft (gradient checkpointing, LoRA, multi-GPU).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation on held-out prompts.")
@@ -732,6 +836,14 @@ class Params(_Section):
         )
         if errors:
             raise _RoundsError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors))
+        return self
+
+    @model_validator(mode="after")
+    def _preference_model_on(self) -> "Params":
+        need = [n for n, rnd in self.rounds.items() if rnd.algo in PREFERENCE_ALGOS]
+        if need and not self.preference_model.enabled:
+            raise ValueError(f"round(s) {', '.join(need)} select and train by a preference model, and none is "
+                             "trained (fix: set preference_model.enabled: true)")
         return self
 
     @model_validator(mode="after")

@@ -74,3 +74,55 @@ def ranked(candidates: list[Candidate]) -> list[dict]:
             rank = pos + 1
         out.append({"sample": cands[i][0], "reward": cands[i][1], "rank": rank})
     return out
+
+
+# --- General-preference self-play (SPPO, DNO, INPO): a preference model's pairwise probabilities, not rewards ----
+
+
+def symmetrise(raw: list[list[float]]) -> list[list[float]]:
+    """A preference model's ordered-pair probabilities made consistent: ``P[i][j] = (raw[i][j] + 1 - raw[j][i]) / 2``.
+
+    ``raw[i][j]`` is the model's P(i ≻ j) with i shown first; order-sensitive models (PairRM, LLM judges) give
+    ``raw[i][j] + raw[j][i] != 1``. Averaging both orders gives ``P[i][j] + P[j][i] == 1`` exactly; the diagonal
+    (ignored in ``raw``) is 0.5.
+    """
+    n = len(raw)
+    if any(len(row) != n for row in raw):
+        raise ValueError(f"raw preference matrix must be square, got {n} rows of lengths {[len(r) for r in raw]}")
+    return [[0.5 if i == j else (raw[i][j] + 1 - raw[j][i]) / 2 for j in range(n)] for i in range(n)]
+
+
+def win_rates(p: list[list[float]]) -> list[float]:
+    """Each response's win-rate against the rest of its group: mean over ``j != i`` of ``p[i][j]``.
+
+    SPPO's P̂(y ≻ π_t | x), with the group's other responses as the samples of π_t; ``p`` is normally
+    :func:`symmetrise`'s output (its diagonal is ignored).
+    """
+    n = len(p)
+    if n < 2:
+        raise ValueError(f"win rates need at least 2 responses per prompt to compare, got {n}")
+    if any(len(row) != n for row in p):
+        raise ValueError(f"preference matrix must be square, got {n} rows of lengths {[len(r) for r in p]}")
+    return [sum(p[i][j] for j in range(n) if j != i) / (n - 1) for i in range(n)]
+
+
+def winrate_pair(win: list[float], min_margin: float, usable: list[bool] | None = None) -> tuple[int, int] | None:
+    """``(best, worst)`` indices by win-rate among the usable responses (all when ``usable`` is None): SPPO's
+    chosen/rejected and DNO's pair with its margin filter.
+
+    Ties go to the first index (for both best and worst). None when fewer than two are usable, or the gap
+    ``win[best] - win[worst]`` is below ``min_margin`` or not positive (equal win-rates carry no preference).
+    """
+    if usable is None:
+        usable = [True] * len(win)
+    if len(usable) != len(win):
+        raise ValueError(f"usable has {len(usable)} flags for {len(win)} win-rates")
+    idx = [i for i, u in enumerate(usable) if u]
+    if len(idx) < 2:
+        return None
+    best = max(idx, key=lambda i: (win[i], -i))
+    worst = min(idx, key=lambda i: (win[i], i))
+    margin = win[best] - win[worst]
+    if best == worst or margin <= 0 or margin < min_margin:
+        return None
+    return best, worst

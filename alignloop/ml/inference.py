@@ -170,31 +170,43 @@ def reward_scores(rm, tokenizer, prompts: list, responses: list[str], *, batch_s
     return scores
 
 
+def encode_response(tokenizer, prompt, response: str, max_length: int) -> tuple[list[int], int]:
+    """(token ids of prompt + response as a finished chat turn, cut at ``max_length``; where the response starts)."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(render_full(tokenizer, prompt, response), add_special_tokens=False)["input_ids"][:max_length]
+    return full_ids, min(len(prompt_ids), len(full_ids))
+
+
+def padded_responses(encoded: list[tuple[list[int], int]], pad_id: int):
+    """Right-padded (ids, attention mask, response-token mask) tensors of encoded (ids, response start) rows."""
+    width = max(len(f) for f, _ in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    resp = torch.zeros((len(encoded), width), dtype=torch.bool)
+    for row, (full, plen) in enumerate(encoded):
+        ids[row, : len(full)] = torch.tensor(full)
+        mask[row, : len(full)] = 1
+        resp[row, plen : len(full)] = True
+    return ids, mask, resp
+
+
+def summed_logprobs(model, ids, mask, resp) -> torch.Tensor:
+    """Per row, the sum of log p(token | tokens before it) over the response tokens (differentiable)."""
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    # Token t is predicted from position t-1.
+    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (logp * resp[:, 1:]).sum(-1)
+
+
 @torch.no_grad()
 def response_logprobs(model, tokenizer, prompts: list, responses: list[str], *, batch_size: int, max_length: int, desc: str = "logprobs") -> list[float]:
     """Sum of log p(response tokens | prompt) under ``model``, response tokens including the closing EOS."""
     model.eval()
-    pairs = []
-    for p, r in zip(prompts, responses):
-        prompt_ids = tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(render_full(tokenizer, p, r), add_special_tokens=False)["input_ids"][:max_length]
-        pairs.append((full_ids, min(len(prompt_ids), len(full_ids))))
+    pairs = [encode_response(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
     out = [0.0] * len(pairs)
     for idx in tqdm(_sorted_batches([len(f) for f, _ in pairs], batch_size), desc=desc, unit="batch", mininterval=2.0):
-        width = max(len(pairs[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        resp = torch.zeros((len(idx), width), dtype=torch.bool)
-        for row, i in enumerate(idx):
-            full, plen = pairs[i]
-            ids[row, : len(full)] = torch.tensor(full)
-            mask[row, : len(full)] = 1
-            resp[row, plen : len(full)] = True
-        ids, mask, resp = ids.to(model.device), mask.to(model.device), resp.to(model.device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        # Token t is predicted from position t-1.
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        total = (logp * resp[:, 1:]).sum(-1).cpu()
+        ids, mask, resp = (t.to(model.device) for t in padded_responses([pairs[i] for i in idx], tokenizer.pad_token_id))
+        total = summed_logprobs(model, ids, mask, resp).cpu()
         for row, i in enumerate(idx):
             out[i] = float(total[row])
     return out

@@ -16,7 +16,7 @@ from alignloop.pipeline.specs import StageSpec
 
 def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], None], *,
                extra_rounds: tuple[str, ...] = (), flags: tuple[tuple[str, str], ...] = (),
-               argv: list[str] | None = None, track: bool = True) -> int:
+               options: tuple[tuple[str, str], ...] = (), argv: list[str] | None = None, track: bool = True) -> int:
     """Parse ``--params`` (and ``--round``), load and validate params, run ``body``.
 
     Bad params, bad data and missing inputs end with ``error: ...`` on stderr and exit code 2, not a traceback:
@@ -33,6 +33,8 @@ def stage_main(spec: StageSpec, body: Callable[[Params, argparse.Namespace], Non
         parser.add_argument("--round", required=True, help="round name from params.yaml 'rounds'")
     for flag, help_ in flags:  # (flag, help): on/off switches of a module with more than one stage
         parser.add_argument(flag, action="store_true", help=help_)
+    for option, help_ in options:  # (option, help): a valued choice, e.g. which stage of a module with several
+        parser.add_argument(option, required=True, help=help_)
     args = parser.parse_args(argv)
     # Tokenizers' own thread pool fights torch's for 2 cores; DVC runs stages one at a time anyway.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

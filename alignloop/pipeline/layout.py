@@ -36,6 +36,9 @@ RM_HELDOUT = f"{RM}.heldout.json"  # held-out pair accuracy: a function of the w
 JUDGE = "data/models/judge"  # the held-out judge model: never scores, trains or selects anything but evaluation
 JUDGE_METRICS = f"{JUDGE}.metrics.json"
 JUDGE_HELDOUT = f"{JUDGE}.heldout.json"
+PM = "data/models/pm"  # the pairwise preference model (sppo, dno, inpo rounds)
+PM_METRICS = f"{PM}.metrics.json"
+PM_HELDOUT = f"{PM}.heldout.json"
 
 
 def reward_model_dirs(ensemble: int) -> list[str]:
@@ -62,6 +65,11 @@ def pairs(r: str) -> str:
 
 def rankings(r: str) -> str:
     return f"{round_dir(r)}/rankings.jsonl"
+
+
+def winrates(r: str) -> str:
+    """A self-play round's samples with the preference model's win-rates (and the pair it trained on)."""
+    return f"{round_dir(r)}/winrates.jsonl"
 
 
 def pairs_metrics(r: str) -> str:

@@ -34,8 +34,22 @@ class Ctx:
 
     @property
     def rejection_sampled(self) -> bool:
-        """Whether the round samples and scores responses first: raft rounds, and dpo rounds on sampled pairs."""
-        return self.rnd.algo == "raft" or (self.rnd.algo == "dpo" and self.section("dpo").pairs == "sampled")
+        """Whether the round samples and scores responses first: raft and lipo rounds, and dpo rounds on sampled
+        pairs."""
+        return self.rnd.algo in ("raft", "lipo") or (self.rnd.algo == "dpo" and self.section("dpo").pairs == "sampled")
+
+    @property
+    def self_play(self) -> bool:
+        """Whether the round samples responses that its training stage ranks with the preference model (sppo, dno,
+        inpo): sampled, not scored by the reward."""
+        from alignloop.core.config import PREFERENCE_ALGOS
+
+        return self.rnd.algo in PREFERENCE_ALGOS
+
+    @property
+    def samples_drawn(self) -> bool:
+        """Whether the round's generate stage runs."""
+        return self.rejection_sampled or self.self_play
 
     def section(self, name: str):
         """A section as this stage sees it: the round's merged one for a round stage, else the top-level one."""

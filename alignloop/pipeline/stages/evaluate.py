@@ -4,12 +4,13 @@ Samples ``evaluate.samples_per_prompt`` responses per eval prompt with a fixed s
 written into the result), then reports: mean proxy reward (the reward model, or the ensemble combined as the score
 stage does) and mean gold reward (embedded task only: the hidden function the pipeline never trains on), each with
 a 95 % bootstrap interval over prompts; win-rates against the SFT policy's and the current champion's samples on
-the same prompts and seeds, by proxy and by gold, with intervals; KL to SFT and to the round's starting policy
-(exact per-token KL over the vocabulary on samples drawn at temperature 1, k1/k3 beside it); response length; diversity
-(distinct-1/2, per-prompt self-BLEU); the reward model's held-out pair accuracy; the policy's ranking accuracy on
-held-out preference pairs (does it give the chosen response the higher likelihood, alone and relative to SFT —
-"Preference Learning Algorithms Do Not Learn Preference Rankings"); and the proxy-minus-gold gain gap over SFT, the
-over-optimisation signal.
+the same prompts and seeds, by proxy and by gold, with intervals (on the embedded task's intransitive variant the gold
+win-rate is the mean true preference P_gold(mine > theirs), and the shares of its response styles are reported); KL
+to SFT and to the round's starting policy (exact per-token KL over the vocabulary on samples drawn at temperature 1,
+k1/k3 beside it); response length; diversity (distinct-1/2, per-prompt self-BLEU); the reward model's held-out pair
+accuracy; the policy's ranking accuracy on held-out preference pairs (does it give the chosen response the higher
+likelihood, alone and relative to SFT — "Preference Learning Algorithms Do Not Learn Preference Rankings"); and the
+proxy-minus-gold gain gap over SFT, the over-optimisation signal.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def _gold(ctx: Ctx) -> list[str]:
     return ["alignloop.core.synthetic"] if ctx.params.data.source == "embedded" else []
 
 
+def _intransitive(ctx: Ctx) -> list[str]:
+    """The task keys the gold win-rates read on the embedded task's intransitive variant (gold_preference's weight and
+    temperature); none otherwise, so the transitive task's stages are unchanged."""
+    p = ctx.params
+    if p.data.source == "embedded" and p.task.intransitive > 0:
+        return ["task.intransitive", "task.annotator_temperature"]
+    return []
+
+
 def _deps(ctx: Ctx) -> list[str]:
     judge = [layout.JUDGE, layout.JUDGE_HELDOUT] if ctx.params.judge_model.enabled else []
     return [PROMPTS, PREFS, *reward_model_dirs(ctx.params), RM_HELDOUT, *judge]
@@ -51,11 +61,13 @@ def _round_deps(ctx: Ctx) -> list[str]:
 SPECS = [
     StageSpec(name="evaluate_sft", module="alignloop.pipeline.stages.evaluate", scope="before", order=5, args="--round sft",
               help="the SFT baseline on the held-out prompts", code=_CODE, extra_code=_gold, params=_PARAMS,
+              extra_params=_intransitive,
               deps=lambda c: [*_deps(c), layout.SFT], outs=lambda c: [eval_paths("sft")[1]],
               metrics=lambda c: [eval_paths("sft")[0]], gpu=True),
     StageSpec(name="evaluate", module="alignloop.pipeline.stages.evaluate", scope="round", order=4,
               help="proxy/gold reward, win-rates vs SFT and champion, KL, length, diversity, ranking accuracy",
-              code=_CODE, extra_code=_gold, params=(*_PARAMS, "registry.enabled"), round_params=("prev",),
+              code=_CODE, extra_code=_gold, extra_params=_intransitive, params=(*_PARAMS, "registry.enabled"),
+              round_params=("prev",),
               deps=_round_deps, outs=lambda c: [eval_paths(c.round)[1]], metrics=lambda c: [eval_paths(c.round)[0]],
               gpu=True),
 ]
@@ -63,6 +75,24 @@ SPECS = [
 
 def _ci(bounds: tuple[float, float]) -> dict[str, float]:
     return {"low": bounds[0], "high": bounds[1]}
+
+
+def style_shares(responses: list[str]) -> dict[str, float]:
+    """Share of ``responses`` in each rock-paper-scissors style of the intransitive task, and "none" for the rest."""
+    from alignloop.core.synthetic import STYLES_RPS, style_of
+
+    styles = [style_of(r) or "none" for r in responses]
+    return {name: styles.count(name) / len(styles) for name in (*STYLES_RPS, "none")}
+
+
+def gold_preferences(rows: list[dict], ref: list[dict], params) -> list[float]:
+    """Per-comparison P_gold(mine > theirs) of paired samples (the intransitive task's gold win outcome): the
+    annotators' true preference, not a comparison of scalar gold rewards, which would miss its style cycle."""
+    from alignloop.core.synthetic import gold_preference
+
+    t = params.task
+    return [gold_preference(r["prompt"], r["response"], b["response"], t.annotator_temperature, t.intransitive)
+            for r, b in zip(rows, ref)]
 
 
 def kl_samples(policy, tokenizer, prompts: list[dict], params, quality_rows: list[dict]) -> list[dict]:
@@ -137,6 +167,9 @@ def run(params, args) -> None:
     if gold is not None:
         metrics["gold_reward"] = mean(gold)
         metrics["gold_reward_ci"] = _ci(bootstrap_ci(gold, **ci))
+    intransitive = gold is not None and params.task.intransitive > 0  # gold win-rates are then mean P_gold
+    if intransitive:
+        metrics["style_shares"] = style_shares(texts_r)  # logged to MLflow as style_shares.<style>
     rm_heldout = files.read_json(RM_HELDOUT)
     if "eval_accuracy" in rm_heldout:
         metrics["rm_eval_accuracy"] = rm_heldout["eval_accuracy"]
@@ -161,7 +194,10 @@ def run(params, args) -> None:
         for kind, mine in (("proxy", proxy), ("gold", gold), ("judge", judge)):
             if mine is None:
                 continue
-            outcomes = win_outcomes(mine, [b[f"{kind}_reward"] for b in ref])
+            if kind == "gold" and intransitive:
+                outcomes = gold_preferences(rows, ref, params)
+            else:
+                outcomes = win_outcomes(mine, [b[f"{kind}_reward"] for b in ref])
             metrics[f"win_rate_vs_{label}_{kind}"] = mean(outcomes)
             metrics[f"win_rate_vs_{label}_{kind}_ci"] = _ci(bootstrap_ci(outcomes, **ci))
 

@@ -57,7 +57,7 @@ SPECS = [StageSpec(
                             if _scores_as_it_draws(c) else []),
     deps=lambda c: [*_budget_deps(c), *start_deps(c.params, c.round), PROMPTS],
     outs=lambda c: [layout.samples(c.round)],
-    applies=lambda c: c.rejection_sampled, gpu=True,
+    applies=lambda c: c.samples_drawn, gpu=True,
 )]
 
 

@@ -19,15 +19,21 @@ from alignloop.pipeline.tracking import stage_run
 
 
 def _sampled(ctx: Ctx) -> bool:
-    return ctx.rnd.algo == "dpo" and ctx.section("dpo").pairs == "sampled"
+    return (ctx.rnd.algo == "dpo" and ctx.section("dpo").pairs == "sampled") or ctx.rnd.algo == "lipo"
+
+
+def _listwise(ctx: Ctx) -> bool:
+    """rankings.jsonl too: when pairs.listwise asks for it, and always for lipo rounds (their training data)."""
+    return ctx.section("pairs").listwise or ctx.rnd.algo == "lipo"
 
 
 SPECS = [StageSpec(
     name="pairs", module="alignloop.pipeline.stages.pairs", scope="round", order=2, help="best-vs-worst (or other strategy) pairs from scored samples",
     code=("alignloop.core.pairs", "alignloop.core.selection", "alignloop.core.seeds"),
     params=("seed",), round_params=("pairs",),
+    extra_params=lambda c: [f"rounds.{c.round}.algo"] if c.rnd.algo == "lipo" else [],  # lipo: rankings always
     deps=lambda c: [layout.samples(c.round), layout.scores(c.round)],
-    outs=lambda c: [layout.pairs(c.round)] + ([layout.rankings(c.round)] if c.section("pairs").listwise else []),
+    outs=lambda c: [layout.pairs(c.round)] + ([layout.rankings(c.round)] if _listwise(c) else []),
     metrics=lambda c: [layout.pairs_metrics(c.round)],
     applies=_sampled,
 )]
@@ -57,7 +63,7 @@ def run(params, args) -> None:
         )
     out = layout.pairs(r)
     files.write_jsonl(out, pairs)
-    if p.listwise:
+    if _listwise(Ctx(params, r)):
         rankings = []
         for pid, cands in groups.items():  # samples-file order
             ranks = ranked(cands)

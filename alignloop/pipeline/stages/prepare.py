@@ -22,7 +22,7 @@ SPECS = [StageSpec(
 def run(params, args) -> None:
     t = params.task
     corpus = make_corpus(t.num_prompts, t.sft_per_prompt, t.pairs_per_prompt, t.annotator_temperature,
-                         t.good_demo_fraction, params.seed)
+                         t.good_demo_fraction, params.seed, intransitive=t.intransitive)
     with files.atomic_dir(OUT) as tmp:
         for name, rows in corpus.items():
             files.write_jsonl(tmp / f"{name}.jsonl", rows)

@@ -8,7 +8,8 @@ optimised against.
 The backbone is the SFT policy (default) or the base model, with a fresh scalar head. Held-out pair accuracy
 is measured on prefs/eval.jsonl by scoring each side the way the score stage will (chat-rendered full turn).
 On the embedded task the accuracy against the hidden gold ordering is reported too: it is what the policy
-will actually be optimised against.
+will actually be optimised against (on its intransitive variant, the ordering of the annotators' true preference
+P_gold, which no scalar reward can match on every pair).
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ from alignloop.pipeline.tracking import log_step, stage_run
 TRAIN, EVAL, JUDGE_TRAIN = layout.PREFS_TRAIN, layout.PREFS_EVAL, layout.PREFS_JUDGE
 
 
+def _intransitive(ctx: Ctx) -> list[str]:
+    """The task keys the gold accuracy reads on the embedded task's intransitive variant (gold_preference's weight and
+    temperature); none otherwise, so the transitive task's stages are unchanged."""
+    p = ctx.params
+    if p.data.source == "embedded" and p.task.intransitive > 0:
+        return ["task.intransitive", "task.annotator_temperature"]
+    return []
+
+
 def _init(ctx: Ctx) -> str:
     return layout.SFT if ctx.params.reward_model.init == "sft" else layout.BASE
 
@@ -40,7 +50,7 @@ SPECS = [StageSpec(
     extra_code=lambda c: ((["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [])
                           + (["alignloop.core.ensemble", "alignloop.pipeline.lineage"] if c.params.reward_model.ensemble > 1
                              else [])),
-    params=("seed", "model", "train", "reward_model", "score.batch_size", "data.source"),
+    params=("seed", "model", "train", "reward_model", "score.batch_size", "data.source"), extra_params=_intransitive,
     deps=lambda c: [_init(c), TRAIN, EVAL], outs=lambda c: reward_model_dirs(c.params),
     metrics=lambda c: [layout.RM_METRICS, layout.RM_HELDOUT], gpu=True,
 ), StageSpec(
@@ -48,7 +58,7 @@ SPECS = [StageSpec(
     help="held-out judge: a reward model on the judge split only, own seed (and backbone); evaluation alone reads it",
     code=("alignloop.ml.training", "alignloop.ml.modeling", "alignloop.ml.inference", "alignloop.core.metrics"),
     extra_code=lambda c: ["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [],
-    params=("seed", "model", "train", "judge_model", "score.batch_size", "data.source"),
+    params=("seed", "model", "train", "judge_model", "score.batch_size", "data.source"), extra_params=_intransitive,
     deps=lambda c: [*_judge_init_deps(c), JUDGE_TRAIN, EVAL], outs=lambda c: [layout.JUDGE],
     metrics=lambda c: [layout.JUDGE_METRICS, layout.JUDGE_HELDOUT], gpu=True,
     applies=lambda c: c.params.judge_model.enabled,
@@ -66,6 +76,23 @@ def _judge_init_deps(ctx: Ctx) -> list[str]:
     return [init] if not ctx.params.judge_model.backbone or Path(init).is_dir() else []
 
 
+def gold_accuracy(rows: list[dict], chosen: list[float], rejected: list[float], task) -> float:
+    """Share of pairs the scores order as the embedded task's gold does (pairs gold cannot order are skipped; 0 when
+    none is left). Gold orders a pair by the gold reward, or on the intransitive variant (task.intransitive > 0) by the
+    annotators' true preference: chosen first when P_gold(chosen > rejected) > 0.5."""
+    from alignloop.core.synthetic import gold_preference, gold_reward
+
+    if task.intransitive > 0:
+        p = [gold_preference(r["prompt"], r["chosen"], r["rejected"], task.annotator_temperature, task.intransitive)
+             for r in rows]
+        agree = [(c > r) == (pc > 0.5) for c, r, pc in zip(chosen, rejected, p) if pc != 0.5]
+    else:
+        gold_c = [gold_reward(r["prompt"], r["chosen"]) for r in rows]
+        gold_r = [gold_reward(r["prompt"], r["rejected"]) for r in rows]
+        agree = [(c > r) == (gc > gr) for c, r, gc, gr in zip(chosen, rejected, gold_c, gold_r) if gc != gr]
+    return sum(agree) / len(agree) if agree else 0.0
+
+
 def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> tuple[dict[str, float], tuple[list, list]]:
     """Held-out pair accuracy (and vs gold on the embedded task); also the chosen/rejected scores."""
     from alignloop.ml.inference import reward_scores
@@ -78,12 +105,7 @@ def heldout_accuracy(rm, tokenizer, rows: list[dict], params) -> tuple[dict[str,
     rejected = reward_scores(rm, tokenizer, prompts, [r["rejected"] for r in rows], desc="eval rejected", **kw)
     out = {"eval_pairs": len(rows), "eval_accuracy": pair_accuracy(chosen, rejected)}
     if params.data.source == "embedded":
-        from alignloop.core.synthetic import gold_reward
-
-        gold_c = [gold_reward(p, r["chosen"]) for p, r in zip(prompts, rows)]
-        gold_r = [gold_reward(p, r["rejected"]) for p, r in zip(prompts, rows)]
-        agree = [(c > r) == (gc > gr) for c, r, gc, gr in zip(chosen, rejected, gold_c, gold_r) if gc != gr]
-        out["eval_gold_accuracy"] = sum(agree) / len(agree) if agree else 0.0
+        out["eval_gold_accuracy"] = gold_accuracy(rows, chosen, rejected, params.task)
     return out, (chosen, rejected)
 
 
