@@ -4,7 +4,8 @@ generation / reward / update split of their time).
 
 Runs in a scratch copy of a finished embedded pipeline (default: this repo after `make demo`), so the repo's own
 outputs are untouched. Rounds, all with ``prev: sft``: DPO with each TRL loss_type exposed in params (sigmoid,
-ipo, hinge = RSO's, robust) and conservative DPO (sigmoid with label_smoothing 0.1), RAFT (top-1 per prompt), and
+ipo, hinge = RSO's, robust, and the rest of TRL's family: f-divergences, sppo_hard, nca_pair, apo_zero, discopop, an
+MPO-style weighted mix) and conservative DPO (sigmoid with label_smoothing 0.1), RAFT (top-1 per prompt), and
 the online algorithms — PPO, REINFORCE++, REINFORCE++-baseline, GRPO, RLOO — each given the same number of generated
 samples as a DPO round draws (generate.n x the training prompts), and one REINFORCE++ round on a mixed reward (the
 reward model plus the two rule-based rewards). Each round's stages run as the stage modules DVC would call, in
@@ -64,6 +65,17 @@ def rounds_for(train_prompts: int) -> dict:
         "rloo_lr1em4": {"algo": "rloo", "prev": "sft", "rloo": {**group, "lr": 1e-4}},
         "rloo_lr1em3": {"algo": "rloo", "prev": "sft", "rloo": {**group, "lr": 1e-3}},
         "reinforce_pp_mixed_reward": {"algo": "reinforce_pp", "prev": "sft", "ppo": ppo, "reward": MIXED_REWARD},
+        # the rest of TRL's preference-optimisation family, through params only (dpo.loss_type / f_divergence_type)
+        "dpo_forward_kl": {"algo": "dpo", "prev": "sft", "dpo": {"f_divergence_type": "forward_kl"}},
+        "dpo_js": {"algo": "dpo", "prev": "sft", "dpo": {"f_divergence_type": "js_divergence"}},
+        "dpo_alpha": {"algo": "dpo", "prev": "sft", "dpo": {"f_divergence_type": "alpha_divergence",
+                                                            "f_alpha_divergence_coef": 0.5}},
+        "dpo_sppo_hard": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "sppo_hard"}},
+        "dpo_nca_pair": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "nca_pair"}},
+        "dpo_apo_zero": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "apo_zero"}},
+        "dpo_discopop": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": "discopop"}},
+        "dpo_mpo": {"algo": "dpo", "prev": "sft", "dpo": {"loss_type": ["sigmoid", "bco_pair", "sft"],
+                                                          "loss_weights": [0.8, 0.2, 1.0]}},
     }
 
 
@@ -75,6 +87,10 @@ LABELS = {
     "grpo_lr1em4": "GRPO, lr 1e-4", "grpo_lr1em3": "GRPO, lr 1e-3", "rloo": "RLOO (default, lr 5e-4)",
     "rloo_lr1em4": "RLOO, lr 1e-4", "rloo_lr1em3": "RLOO, lr 1e-3",
     "reinforce_pp_mixed_reward": "REINFORCE++, reward model + length + repetition rules (0.5 each)",
+    "dpo_forward_kl": "DPO, forward KL (f-DPO)", "dpo_js": "DPO, Jensen-Shannon (f-DPO)",
+    "dpo_alpha": "DPO, α-divergence α 0.5 (f-DPO)", "dpo_sppo_hard": "sppo_hard (SPPO's hard-label case)",
+    "dpo_nca_pair": "NCA (nca_pair)", "dpo_apo_zero": "APO-zero", "dpo_discopop": "DiscoPOP",
+    "dpo_mpo": "MPO-style mix: sigmoid 0.8 + bco_pair 0.2 + sft 1.0",
 }
 
 

@@ -55,7 +55,7 @@ SLOW_MODULES = {"test_pipeline_e2e": 800, "test_algorithms_e2e": 420, "test_cras
                 "test_rejection_sampling_stages": 175, "test_concurrency": 165, "test_caching": 40, "test_registry": 30,
                 "test_stage_inputs": 25, "test_scale_io": 25, "test_retention_project": 25, "test_multiprocess": 150, "test_seeds": 20,
                 "test_gpu_path": 15, "test_safety": 5,
-                "test_round_reward": 60}
+                "test_round_reward": 60, "test_general_prefs_e2e": 300}
 
 
 def _order(items):

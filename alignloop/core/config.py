@@ -294,10 +294,30 @@ class PairsConfig(_Section):
                            "(for listwise losses).")
 
 
+# TRL's DPOTrainer loss types (TRL 1.16), each exposed as dpo.loss_type; a list combines them by dpo.loss_weights.
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "sft")
+DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                      "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "sft"]
+# The loss types TRL generalises to another f-divergence than reverse KL ("Beyond Reverse KL", f-DPO).
+F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
+
+
 class DPOConfig(_Section):
     beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="TRL DPO loss_type.")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing (sigmoid loss).")
+    loss_type: DPOLossType | list[DPOLossType] = Field(
+        "sigmoid", description="TRL DPO loss_type: sigmoid (DPO), ipo, hinge (SLiC/RSO), robust, exo_pair, nca_pair, "
+        "bco_pair, sppo_hard (SPPO's hard-label case), aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, "
+        "sft; a list combines several, weighted by loss_weights (e.g. MPO: [sigmoid, bco_pair, sft]).")
+    loss_weights: list[float] | None = Field(None, description="Weights of a loss_type list, one each (None: 1 each).")
+    f_divergence_type: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = Field(
+        "reverse_kl", description="The divergence DPO regularises with (f-DPO, 'Beyond Reverse KL'): reverse_kl is "
+        "DPO; the others apply to loss types " + ", ".join(F_DIVERGENCE_LOSS_TYPES) + ".")
+    f_alpha_divergence_coef: float = Field(0.5, gt=0, lt=1, description="alpha of f_divergence_type "
+                                           "alpha_divergence.")
+    discopop_tau: float = Field(0.05, gt=0, description="Temperature of the discopop loss's log-ratio modulation.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing (sigmoid loss; "
+                                   "robust and exo_pair use it too: exo_pair needs it > 0).")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0, description="Passes over the round's pairs.")
     batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
@@ -312,6 +332,27 @@ class DPOConfig(_Section):
         "training preferences (offline DPO; the round then has no sampling stages).")
     max_pairs: int | None = Field(None, gt=0, description="Train on at most this many pairs (a seeded subset), e.g. "
                                   "to compare offline and iterative DPO at an equal pair budget.")
+
+    @property
+    def loss_types(self) -> list[str]:
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+
+    @model_validator(mode="after")
+    def _trl_would_refuse(self) -> "DPOConfig":
+        """What TRL's DPOTrainer refuses only after the models are loaded, refused here before any work."""
+        types = self.loss_types
+        if not types:
+            raise ValueError("dpo.loss_type is an empty list (fix: e.g. sigmoid)")
+        if self.loss_weights is not None and len(self.loss_weights) != len(types):
+            raise ValueError(f"dpo.loss_weights has {len(self.loss_weights)} weight(s) for {len(types)} loss type(s) "
+                             f"{types} (fix: one weight per loss type, or no loss_weights)")
+        other = [t for t in types if t not in F_DIVERGENCE_LOSS_TYPES]
+        if self.f_divergence_type != "reverse_kl" and other:
+            raise ValueError(f"dpo.f_divergence_type {self.f_divergence_type} does not apply to loss type(s) {other} "
+                             f"(fix: f_divergence_type: reverse_kl, or a loss type among {list(F_DIVERGENCE_LOSS_TYPES)})")
+        if "exo_pair" in types and self.label_smoothing == 0:
+            raise ValueError("dpo.loss_type exo_pair needs label_smoothing > 0 (its epsilon; fix: e.g. 0.001)")
+        return self
 
 
 class PPOConfig(_Section):

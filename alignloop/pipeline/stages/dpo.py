@@ -68,7 +68,9 @@ def run(params, args) -> None:
                           [prev, ref_dir, source], code_paths(SPECS[0], params, r), hash_cache=layout.HASH_CACHE)
     config = DPOConfig(**common_args(params, lr=d.lr, epochs=d.epochs, batch_size=d.batch_size, checkpoint=ckpt,
                                      checkpoint_every=d.checkpoint_every),
-                       beta=d.beta, loss_type=[d.loss_type], label_smoothing=d.label_smoothing,
+                       beta=d.beta, loss_type=d.loss_types, loss_weights=d.loss_weights,
+                       f_divergence_type=d.f_divergence_type, f_alpha_divergence_coef=d.f_alpha_divergence_coef,
+                       discopop_tau=d.discopop_tau, label_smoothing=d.label_smoothing,
                        precompute_ref_log_probs=d.precompute_ref_log_probs)  # False: TRL's default
     trainer = DPOTrainer(model=model, ref_model=ref, args=config, peft_config=peft,
                          train_dataset=Dataset.from_list(to_conversational(pairs)), processing_class=tokenizer)
