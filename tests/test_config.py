@@ -332,3 +332,64 @@ def test_a_whole_params_check_alone_is_reported_not_dropped(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_params(write(tmp_path, "curate: {judge_fraction: 0}\njudge_model: {enabled: true}\n"))
     assert "1 problem(s)" in str(info.value) and "judge_model.enabled needs a judge split (fix:" in str(info.value)
+
+
+def test_bad_params_of_the_general_preference_rounds_are_listed_at_once_before_any_work(tmp_path):
+    """eta <= 0, eta * tau > 1, fewer than two samples per prompt and DPO-family settings TRL would refuse only after
+    loading the models: one error, each problem with its line and fix."""
+    text = (
+        "preference_model: {enabled: true}\n"                                     # 1
+        "rounds:\n"                                                               # 2
+        "  s1:\n"                                                                 # 3
+        "    algo: sppo\n"                                                        # 4
+        "    prev: sft\n"                                                         # 5
+        "    sppo: {eta: 0}\n"                                                    # 6
+        "  i2:\n"                                                                 # 7
+        "    algo: inpo\n"                                                        # 8
+        "    prev: s1\n"                                                          # 9
+        "    inpo: {eta: 5, tau: 0.5}\n"                                          # 10
+        "    generate: {n: 1}\n"                                                  # 11
+        "  d3:\n"                                                                 # 12
+        "    algo: dpo\n"                                                         # 13
+        "    prev: i2\n"                                                          # 14
+        "    dpo: {loss_type: [sigmoid, sft], loss_weights: [1.0], f_divergence_type: js_divergence}\n"  # 15
+        "  d4:\n"                                                                 # 16
+        "    algo: dpo\n"                                                         # 17
+        "    prev: d3\n"                                                          # 18
+        "    dpo: {loss_type: nca_pair, f_divergence_type: forward_kl}\n"         # 19
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    found = problems(str(info.value))
+    want = {6: "rounds.s1.sppo.eta", 10: "rounds.i2.inpo.tau", 11: "rounds.i2.generate.n", 15: "rounds.d3.dpo",
+            19: "rounds.d4.dpo"}
+    for line, key in want.items():
+        assert any(p.startswith(f"{path}:{line}: {key}") for p in found), (key, found)
+    assert all("fix:" in p for p in found), found
+    assert any("eta * tau = 2.5 > 1" in p and "tau <= 0.2" in p for p in found), found
+    assert any("1 weight(s) for 2 loss type(s)" in p for p in found), found
+    assert any("does not apply to loss type(s) ['nca_pair']" in p for p in found), found
+
+
+def test_a_self_play_round_needs_the_preference_model(tmp_path):
+    path = write(tmp_path, "rounds:\n  r1: {algo: dno, prev: sft}\n  r2: {algo: lipo, prev: r1}\n")
+    with pytest.raises(ConfigError, match=r"round\(s\) r1 select and train by a preference model, and none is "
+                                          r"trained \(fix: set preference_model.enabled: true\)"):
+        load_params(path)
+    ok = load_params(write(tmp_path, "preference_model: {enabled: true}\nrounds:\n  r1: {algo: dno, prev: sft}\n"
+                                     "  r2: {algo: lipo, prev: r1}\n"))  # lipo ranks by the reward: no model needed
+    assert ok.round_section("r1", "dno").min_margin == 0.1
+
+
+def test_the_trl_dpo_family_is_reachable_through_params():
+    d = DPOConfig(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0])
+    assert d.loss_types == ["sigmoid", "bco_pair", "sft"]
+    assert DPOConfig().loss_types == ["sigmoid"] and DPOConfig().f_divergence_type == "reverse_kl"
+    for loss in ("sppo_hard", "nca_pair", "apo_zero", "discopop"):
+        assert DPOConfig(loss_type=loss).loss_types == [loss]
+    for f in ("forward_kl", "js_divergence", "alpha_divergence"):
+        assert DPOConfig(f_divergence_type=f).f_divergence_type == f
+    with pytest.raises(ValidationError, match="exo_pair needs label_smoothing > 0"):
+        DPOConfig(loss_type="exo_pair")
+    assert set(cfg.F_DIVERGENCE_LOSS_TYPES) <= set(cfg.DPO_LOSS_TYPES)

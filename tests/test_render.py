@@ -239,3 +239,30 @@ def test_grpo_and_rloo_rounds_render_one_training_stage_each_with_their_reward_a
     assert {"rounds.o2.rloo", "rounds.o2.reward", "rounds.o2.score"} <= set(keys(rloo))
     assert rloo["outs"] == ["data/rounds/o2/policy"] and rloo["meta"]["gpu"] is True
     assert "data/rounds/o2/policy" in stages["evaluate_o2"]["deps"]
+
+
+def test_general_preference_rounds_render_their_stages_and_inputs(tmp_path: Path):
+    """sppo/dno/inpo: generate, then the training stage reading the samples and the preference model (no score or
+    pairs stage); inpo also reads SFT, its reference; lipo: generate, score, pairs (rankings.jsonl forced) and the
+    lipo stage on the rankings. The preference_model stage exists only when it is enabled."""
+    stages = rendered(tmp_path, "experiment: test\npreference_model: {enabled: true}\nrounds:\n"
+                      "  s1: {algo: sppo, prev: sft}\n  n2: {algo: dno, prev: s1}\n  i3: {algo: inpo, prev: n2}\n"
+                      "  l4: {algo: lipo, prev: i3}\n")
+    pm = stages["preference_model"]
+    assert pm["outs"] == ["data/models/pm"] and "data/curated/prefs/train.jsonl" in pm["deps"]
+    for r, algo in (("s1", "sppo"), ("n2", "dno"), ("i3", "inpo")):
+        assert {f"generate_{r}", f"{algo}_{r}", f"evaluate_{r}"} <= set(stages)
+        assert not {f"score_{r}", f"pairs_{r}"} & set(stages)
+        st = stages[f"{algo}_{r}"]
+        assert st["cmd"] == f"python -m alignloop.pipeline.stages.selfplay --algo {algo} --round {r}"
+        assert st["outs"] == [f"data/rounds/{r}/winrates.jsonl", f"data/rounds/{r}/policy"]
+        assert {"data/models/pm", f"data/rounds/{r}/samples.jsonl"} <= set(st["deps"])
+        assert f"rounds.{r}.{algo}" in keys(st) and "preference_model.max_length" in keys(st)
+    assert policy_deps(stages["inpo_i3"]) == ["data/rounds/n2/policy", "data/models/sft", "data/models/pm"]
+    assert policy_deps(stages["dno_n2"]) == ["data/rounds/s1/policy", "data/models/pm"]  # iterate, no reference
+    assert {"generate_l4", "score_l4", "pairs_l4", "lipo_l4"} <= set(stages)
+    assert "data/rounds/l4/rankings.jsonl" in stages["pairs_l4"]["outs"]
+    assert "data/rounds/l4/rankings.jsonl" in stages["lipo_l4"]["deps"]
+    assert policy_deps(stages["lipo_l4"]) == ["data/rounds/i3/policy"]  # lipo.ref prev: the start policy
+    off = rendered(tmp_path, "experiment: test\nrounds:\n  r1: {algo: dpo, prev: sft}\n")
+    assert "preference_model" not in off and "rankings.jsonl" not in str(off["pairs_r1"]["outs"])

@@ -9,8 +9,10 @@ import json
 import pytest
 import yaml
 
-PARAMS = {"rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "p1": {"algo": "ppo", "prev": "sft"},
-                     "g1": {"algo": "grpo", "prev": "sft"}}}
+PARAMS = {"preference_model": {"enabled": True},
+          "rounds": {"r1": {"algo": "dpo", "prev": "sft"}, "p1": {"algo": "ppo", "prev": "sft"},
+                     "g1": {"algo": "grpo", "prev": "sft"}, "s1": {"algo": "sppo", "prev": "sft"},
+                     "l1": {"algo": "lipo", "prev": "sft"}}}
 
 GOOD_PROMPT = {"id": "p1", "prompt": "tell me about ocean"}
 GOOD_SFT = {"id": "s1", "prompt": "tell me about ocean", "response": "waves are calm"}
@@ -18,6 +20,9 @@ GOOD_PAIR = {"id": "x1", "prompt": "tell me about ocean", "chosen": "waves are c
 GOOD_SAMPLE = {"prompt_id": "p1", "sample_idx": 0, "prompt": "tell me about ocean", "response": "waves",
                "num_tokens": 2, "finish_reason": "stop", "seed": 0}
 GOOD_SCORE = {"prompt_id": "p1", "sample_idx": 0, "reward": 0.5}
+GOOD_RANKING = {"prompt_id": "p1", "prompt": "tell me about ocean", "round": "l1",
+                "responses": [{"response": "waves", "sample_idx": 0, "reward": 1.0, "rank": 1},
+                              {"response": "dull", "sample_idx": 1, "reward": 0.0, "rank": 2}]}
 R1 = ["--round", "r1"]
 PAIRS_2 = [GOOD_PAIR, {**GOOD_PAIR, "id": "x2", "chosen": "calm blue waves"}]
 
@@ -40,6 +45,12 @@ FILES = [
      ("prompt", 7), {}),
     ("grpo-prompts", "grpo", ["--round", "g1"], "data/curated/prompts/train.jsonl", GOOD_PROMPT, ["prompt"],
      ("prompt", 7), {}),
+    ("selfplay-samples", "selfplay", ["--algo", "sppo", "--round", "s1"], "data/rounds/s1/samples.jsonl",
+     GOOD_SAMPLE, [], ("num_tokens", "2"), {}),
+    ("rankings", "selfplay", ["--algo", "lipo", "--round", "l1"], "data/rounds/l1/rankings.jsonl", GOOD_RANKING,
+     ["prompt"], ("responses", "x"), {}),
+    ("pm-prefs", "preference_model", [], "data/curated/prefs/train.jsonl", GOOD_PAIR, ["prompt", "chosen", "rejected"],
+     ("chosen", {"text": "a"}), {}),
     ("base-sft", "base", [], "data/curated/sft.jsonl", GOOD_SFT, ["prompt", "response"], ("response", 1), {}),
     ("base-prefs", "base", [], "data/curated/prefs/train.jsonl", GOOD_PAIR, ["prompt", "chosen", "rejected"],
      ("rejected", None), {"data/curated/sft.jsonl": [GOOD_SFT]}),
@@ -49,7 +60,8 @@ EMPTY_OK = {"eval-prefs", "base-prefs"}  # files a stage may find empty (no held
 OUTS = {"generate": "data/rounds/r1/samples.jsonl", "evaluate": "data/rounds/r1/eval.json", "sft": "data/models/sft",
         "reward_model": "data/models/rm", "dpo": "data/rounds/r1/policy", "score": "data/rounds/r1/scores.jsonl",
         "pairs": "data/rounds/r1/pairs.jsonl", "ppo": "data/rounds/p1/policy", "base": "data/models/base",
-        "grpo": "data/rounds/g1/policy"}
+        "grpo": "data/rounds/g1/policy", "selfplay": "data/rounds/s1/policy", "preference_model": "data/models/pm"}
+OUTS_OF_FILE = {"rankings": "data/rounds/l1/policy"}  # a stage module with several stages: by the file it reads
 
 
 def _other(good: dict) -> dict:
@@ -97,7 +109,7 @@ def test_bad_stage_input_is_a_clear_error(tmp_path, monkeypatch, capsys, name, s
     f = tmp_path / path
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_bytes(b"" if line2 is None else json.dumps(good).encode() + b"\n" + line2 + b"\n")
-    out = tmp_path / OUTS[stage]  # the output of an earlier good run
+    out = tmp_path / next((o for f, o in OUTS_OF_FILE.items() if name.startswith(f + "-")), OUTS[stage])  # earlier good run's
     sentinel = out / "model.safetensors" if out.suffix == "" else out
     sentinel.parent.mkdir(parents=True, exist_ok=True)
     sentinel.write_bytes(b"previous good output")

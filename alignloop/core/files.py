@@ -126,6 +126,22 @@ def validate_sample(row: dict) -> str | None:
     return None
 
 
+def validate_ranking(row: dict) -> str | None:
+    """A rankings.jsonl row (the pairs stage's listwise output, lipo's input)."""
+    err = _id_field(row, "prompt_id") or _text_field(row, "prompt", allow_messages=True)
+    if err:
+        return err
+    resp = row.get("responses")
+    if not isinstance(resp, list) or not resp:
+        return "field 'responses' must be a non-empty list (fix: regenerate this file with the pairs stage)"
+    for i, x in enumerate(resp):
+        if not isinstance(x, dict) or not isinstance(x.get("response"), str) or \
+                not isinstance(x.get("reward"), (int, float)) or isinstance(x.get("reward"), bool):
+            return (f"responses[{i}] needs a string 'response' and a numeric 'reward' (fix: regenerate this file with "
+                    "the pairs stage)")
+    return None
+
+
 def validate_score(row: dict) -> str | None:
     for key, typ in (("prompt_id", (str, int)), ("sample_idx", int), ("reward", (int, float))):
         if key not in row:

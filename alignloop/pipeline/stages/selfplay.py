@@ -113,7 +113,7 @@ def listwise_items(path: str) -> list[dict]:
     """LiPO's lists from rankings.jsonl: every ranked response, labels from the rewards; lists with < 2 responses or
     all-equal rewards carry no ordering and are left out."""
     items = []
-    for row in files.read_jsonl(path):
+    for row in files.read_jsonl(path, files.validate_ranking, id_key="prompt_id"):
         resp = row["responses"]
         rewards = [x["reward"] for x in resp]
         if len(resp) >= 2 and max(rewards) > min(rewards):
