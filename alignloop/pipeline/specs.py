@@ -51,6 +51,14 @@ class Ctx:
         """Whether the round's generate stage runs."""
         return self.rejection_sampled or self.self_play
 
+    def gold_preference_keys(self) -> list[str]:
+        """The task keys a stage's gold metrics read on the embedded task's intransitive variant (P_gold's weight and
+        temperature); none otherwise, so the transitive task's stages track exactly what they did before."""
+        p = self.params
+        if p.data.source == "embedded" and p.task.intransitive > 0:
+            return ["task.intransitive", "task.annotator_temperature"]
+        return []
+
     def section(self, name: str):
         """A section as this stage sees it: the round's merged one for a round stage, else the top-level one."""
         return self.params.round_section(self.round, name) if self.round else getattr(self.params, name)

@@ -37,15 +37,6 @@ def _gold(ctx: Ctx) -> list[str]:
     return ["alignloop.core.synthetic"] if ctx.params.data.source == "embedded" else []
 
 
-def _intransitive(ctx: Ctx) -> list[str]:
-    """The task keys the gold win-rates read on the embedded task's intransitive variant (gold_preference's weight and
-    temperature); none otherwise, so the transitive task's stages are unchanged."""
-    p = ctx.params
-    if p.data.source == "embedded" and p.task.intransitive > 0:
-        return ["task.intransitive", "task.annotator_temperature"]
-    return []
-
-
 def _deps(ctx: Ctx) -> list[str]:
     judge = [layout.JUDGE, layout.JUDGE_HELDOUT] if ctx.params.judge_model.enabled else []
     return [PROMPTS, PREFS, *reward_model_dirs(ctx.params), RM_HELDOUT, *judge]
@@ -61,12 +52,12 @@ def _round_deps(ctx: Ctx) -> list[str]:
 SPECS = [
     StageSpec(name="evaluate_sft", module="alignloop.pipeline.stages.evaluate", scope="before", order=5, args="--round sft",
               help="the SFT baseline on the held-out prompts", code=_CODE, extra_code=_gold, params=_PARAMS,
-              extra_params=_intransitive,
+              extra_params=Ctx.gold_preference_keys,
               deps=lambda c: [*_deps(c), layout.SFT], outs=lambda c: [eval_paths("sft")[1]],
               metrics=lambda c: [eval_paths("sft")[0]], gpu=True),
     StageSpec(name="evaluate", module="alignloop.pipeline.stages.evaluate", scope="round", order=4,
               help="proxy/gold reward, win-rates vs SFT and champion, KL, length, diversity, ranking accuracy",
-              code=_CODE, extra_code=_gold, extra_params=_intransitive, params=(*_PARAMS, "registry.enabled"),
+              code=_CODE, extra_code=_gold, extra_params=Ctx.gold_preference_keys, params=(*_PARAMS, "registry.enabled"),
               round_params=("prev",),
               deps=_round_deps, outs=lambda c: [eval_paths(c.round)[1]], metrics=lambda c: [eval_paths(c.round)[0]],
               gpu=True),

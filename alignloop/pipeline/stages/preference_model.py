@@ -33,11 +33,6 @@ def _init_deps(ctx: Ctx) -> list[str]:
     return [init] if not ctx.params.preference_model.backbone or Path(init).is_dir() else []
 
 
-def _gold_params(ctx: Ctx) -> list[str]:
-    p = ctx.params
-    return ["task.intransitive", "task.annotator_temperature"] if p.data.source == "embedded" else []
-
-
 SPECS = [StageSpec(
     name="preference_model", module="alignloop.pipeline.stages.preference_model", scope="before", order=4,
     help="pairwise preference model P(a > b | x) (one pass over prompt and both responses); held-out accuracy, symmetry",
@@ -45,7 +40,7 @@ SPECS = [StageSpec(
           "alignloop.core.selection"),
     extra_code=lambda c: ["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [],
     params=("seed", "model", "train", "preference_model", "score.batch_size", "data.source"),
-    extra_params=_gold_params,
+    extra_params=Ctx.gold_preference_keys,
     deps=lambda c: [*_init_deps(c), TRAIN, EVAL], outs=lambda c: [layout.PM],
     metrics=lambda c: [layout.PM_METRICS, layout.PM_HELDOUT], gpu=True,
     applies=lambda c: c.params.preference_model.enabled,

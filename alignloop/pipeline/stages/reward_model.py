@@ -30,15 +30,6 @@ from alignloop.pipeline.tracking import log_step, stage_run
 TRAIN, EVAL, JUDGE_TRAIN = layout.PREFS_TRAIN, layout.PREFS_EVAL, layout.PREFS_JUDGE
 
 
-def _intransitive(ctx: Ctx) -> list[str]:
-    """The task keys the gold accuracy reads on the embedded task's intransitive variant (gold_preference's weight and
-    temperature); none otherwise, so the transitive task's stages are unchanged."""
-    p = ctx.params
-    if p.data.source == "embedded" and p.task.intransitive > 0:
-        return ["task.intransitive", "task.annotator_temperature"]
-    return []
-
-
 def _init(ctx: Ctx) -> str:
     return layout.SFT if ctx.params.reward_model.init == "sft" else layout.BASE
 
@@ -50,7 +41,7 @@ SPECS = [StageSpec(
     extra_code=lambda c: ((["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [])
                           + (["alignloop.core.ensemble", "alignloop.pipeline.lineage"] if c.params.reward_model.ensemble > 1
                              else [])),
-    params=("seed", "model", "train", "reward_model", "score.batch_size", "data.source"), extra_params=_intransitive,
+    params=("seed", "model", "train", "reward_model", "score.batch_size", "data.source"), extra_params=Ctx.gold_preference_keys,
     deps=lambda c: [_init(c), TRAIN, EVAL], outs=lambda c: reward_model_dirs(c.params),
     metrics=lambda c: [layout.RM_METRICS, layout.RM_HELDOUT], gpu=True,
 ), StageSpec(
@@ -58,7 +49,7 @@ SPECS = [StageSpec(
     help="held-out judge: a reward model on the judge split only, own seed (and backbone); evaluation alone reads it",
     code=("alignloop.ml.training", "alignloop.ml.modeling", "alignloop.ml.inference", "alignloop.core.metrics"),
     extra_code=lambda c: ["alignloop.core.synthetic"] if c.params.data.source == "embedded" else [],
-    params=("seed", "model", "train", "judge_model", "score.batch_size", "data.source"), extra_params=_intransitive,
+    params=("seed", "model", "train", "judge_model", "score.batch_size", "data.source"), extra_params=Ctx.gold_preference_keys,
     deps=lambda c: [*_judge_init_deps(c), JUDGE_TRAIN, EVAL], outs=lambda c: [layout.JUDGE],
     metrics=lambda c: [layout.JUDGE_METRICS, layout.JUDGE_HELDOUT], gpu=True,
     applies=lambda c: c.params.judge_model.enabled,
