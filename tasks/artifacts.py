@@ -58,6 +58,9 @@ def round_markdown(name: str, ev: dict, sft: dict | None, train: dict | None, pa
         lines.append(f"Online RL: {train['steps']} steps, {train['samples']} samples, batch reward "
                      f"{train['reward_first']:.3f} → {train['reward_last']:.3f}"
                      + (f", KL estimate {train['kl_estimate_last']:.3f}." if "kl_estimate_last" in train else "."))
+    if train and "chosen_win_rate_mean" in train:  # sppo, dno, inpo
+        lines.append(f"Self-play: {train['pairs']} pairs from {train['prompts']} prompts, preference-model win-rate "
+                     f"{train['chosen_win_rate_mean']:.3f} (chosen) vs {train['rejected_win_rate_mean']:.3f} (rejected).")
     if registry:
         verdict = ("**promoted to champion**" if registry["promoted"]
                    else f"stays candidate (champion: {registry['champion_after']['round']})")

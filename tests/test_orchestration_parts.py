@@ -164,6 +164,12 @@ def test_round_markdown_hand_checked():
     assert "Ran: `generate_r2` (12 s)." in md and "Skipped by DVC (up to date): `score_r2`." in md
 
 
+def test_round_markdown_of_a_self_play_round_shows_its_win_rates():
+    md = round_markdown("s1", {"gold_reward": 0.5}, None, {"loss_first": 0.9, "loss_last": 0.7, "pairs": 93,
+                        "prompts": 95, "chosen_win_rate_mean": 0.6143, "rejected_win_rate_mean": 0.366}, None, [])
+    assert "Self-play: 93 pairs from 95 prompts, preference-model win-rate 0.614 (chosen) vs 0.366 (rejected)." in md
+
+
 def test_artifact_key_is_lowercase_dashes():
     assert artifact_key("AlignLoop_demo", "r1") == "alignloop-demo-r1"
 
