@@ -113,13 +113,58 @@ def table(runs: list[dict]) -> dict:
     return out
 
 
+NAMES = {"dpo": "iterative DPO (BT reward model)", "sppo": "SPPO", "dno": "DNO", "inpo": "INPO",
+         "lipo": "LiPO-λ (BT reward model's rankings)"}
+
+
+def markdown_table(result: dict) -> str:
+    """The README's table from a bench/out/general_prefs.json result: per task and method, round 3's gold win-rate vs
+    SFT and KL to SFT (mean over seeds [95 % t-interval]), rounds 1-2's win-rates, and on the intransitive task the
+    share of round-3 samples in each style."""
+    fmt = lambda s, d=3: f"{s['mean']:.{d}f} [{s['low']:.{d}f}, {s['high']:.{d}f}]"  # noqa: E731
+    out = []
+    for task, rows in result["table"].items():
+        seeds = rows["pm_eval_accuracy"]["n"]
+        runs = [r for r in result["runs"] if r["task"] == task]
+        per_seed = lambda key, m: [r["rounds"][key][m] for r in runs]  # noqa: E731
+        out += [f"**{task} task** ({seeds} seeds; preference model held-out accuracy {fmt(rows['pm_eval_accuracy'], 2)}, "
+                f"vs the true preference {fmt(rows['pm_eval_gold_accuracy'], 2)}, symmetry error "
+                f"{fmt(rows['pm_symmetry_error'], 2)}; reward model vs the true preference "
+                f"{fmt(rows['rm_eval_gold_accuracy'], 2)})", "",
+                "| method | gold win-rate vs SFT, round 3 | minus iterative DPO's (paired by seed) | round 1 | round 2 | "
+                "KL to SFT, round 3 [min, max] | gold reward, round 3 |"
+                + (" paper / rock / scissors share, round 3 |" if task == "intransitive" else ""),
+                "|---|---|---|---|---|---|---|" + ("---|" if task == "intransitive" else "")]
+        for algo, name in NAMES.items():
+            r1, r2, r3 = (rows[f"{algo}{k}"] for k in (1, 2, 3))
+            diff = summary([a - b for a, b in zip(per_seed(f"{algo}3", "win_rate_vs_sft_gold"),
+                                                   per_seed("dpo3", "win_rate_vs_sft_gold"))])
+            kl = per_seed(f"{algo}3", "kl_to_sft")
+            line = (f"| {name} | {fmt(r3['win_rate_vs_sft_gold'])} | {'' if algo == 'dpo' else fmt(diff)} | "
+                    f"{r1['win_rate_vs_sft_gold']['mean']:.3f} | {r2['win_rate_vs_sft_gold']['mean']:.3f} | "
+                    f"{sum(kl) / len(kl):.2f} [{min(kl):.2f}, {max(kl):.2f}] | {r3['gold_reward']['mean']:.3f} |")
+            if task == "intransitive":
+                shares = [r["rounds"][f"{algo}3"]["style_shares"] for r in result["runs"] if r["task"] == task]
+                avg = {k: sum(s[k] for s in shares) / len(shares) for k in ("paper", "rock", "scissors")}
+                line += f" {avg['paper']:.2f} / {avg['rock']:.2f} / {avg['scissors']:.2f} |"
+            out.append(line)
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tasks", nargs="+", default=["default", "intransitive"], choices=["default", "intransitive"])
     ap.add_argument("--parallel", type=int, default=2, help="projects at a time (each single-threaded)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/alignloop-bench-genpref"))
+    ap.add_argument("--table", action="store_true", help="print the README table of the last run and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        from _out import OUT
+
+        print(markdown_table(json.loads((OUT / "general_prefs.json").read_text())))
+        return 0
     jobs = [(t, s) for s in args.seeds for t in args.tasks]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda job: run_project(args.work, *job), jobs))
