@@ -267,8 +267,8 @@ def test_the_form_says_what_its_empty_fields_keep():
         "r2": {"algo": "ppo", "generate": {"n": 2}, "ppo": {"lr": 1e-4, "iterations": 40}}}}
     current = current_values(resolved)
     assert current == {"rounds": "2 (r1 dpo, r2 ppo)", "round": "r2", "algo": "ppo", "n": "2", "lr": "0.0001",
-                       "iterations": "40", "beta": "none (r2 is a ppo round; dpo/grpo/rloo rounds only)",
-                       "epochs": "none (r2 is a ppo round; dpo/raft rounds only)"}
+                       "iterations": "40", "beta": "none (r2 is a ppo round; dpo/grpo/rloo/dno/lipo rounds only)",
+                       "epochs": "none (r2 is a ppo round; dpo/raft/sppo/dno/inpo/lipo rounds only)"}
     schema = {"properties": {"rounds": {"type": "integer", "description": "total number of rounds."},
                              "overrides": {"type": "object", "description": "other params."}},
               "definitions": {"RoundSettings": {"properties": {"beta": {"description": "KL strength."},
@@ -277,8 +277,8 @@ def test_the_form_says_what_its_empty_fields_keep():
     assert out["properties"]["rounds"]["description"] == "total number of rounds. params.yaml now: 2 (r1 dpo, r2 ppo)."
     assert out["properties"]["overrides"] == schema["properties"]["overrides"]
     settings = out["definitions"]["RoundSettings"]["properties"]
-    assert settings["beta"]["description"] == ("KL strength. params.yaml now: none (r2 is a ppo round; dpo/grpo/rloo "
-                                               "rounds only).")
+    assert settings["beta"]["description"] == ("KL strength. params.yaml now: none (r2 is a ppo round; dpo/grpo/rloo/"
+                                               "dno/lipo rounds only).")
     assert settings["lr"]["description"] == "params.yaml now: 0.0001."
     assert schema["properties"]["rounds"]["description"] == "total number of rounds."  # the input is not changed
     assert current_values({"rounds": {}}) == {"rounds": "0"}
