@@ -51,19 +51,25 @@ def pair_training_rows(pairs: list[dict], tokenizer, max_length: int) -> list[di
     return rows
 
 
+def right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token sequences padded on the right: the classifier pools the last non-pad token."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, x in enumerate(seqs):
+        ids[row, : len(x)] = torch.tensor(x)
+        mask[row, : len(x)] = 1
+    return ids, mask
+
+
 class PairCollator:
-    """Right-padded ids (the classifier pools the last non-pad token), attention mask and float labels (B, 1)."""
+    """Right-padded ids, attention mask and float labels (B, 1)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, features: list[dict]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            ids[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
-            mask[row, : len(f["input_ids"])] = 1
+        ids, mask = right_padded([f["input_ids"] for f in features], self.pad_id)
         labels = torch.tensor([f["labels"] for f in features], dtype=torch.float32)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
@@ -84,15 +90,9 @@ def preference_matrices(pm, tokenizer, groups: list[tuple[object, list[str]]], *
     items = [(g, i, j) for g, (_, rs) in enumerate(groups) for i in range(len(rs)) for j in range(len(rs)) if i != j]
     encoded = [encode_pair(tokenizer, groups[g][0], groups[g][1][i], groups[g][1][j], max_length) for g, i, j in items]
     out = [[[0.5] * len(rs) for _ in rs] for _, rs in groups]
-    pad = tokenizer.pad_token_id
     for idx in tqdm(_sorted_batches([len(e) for e in encoded], batch_size), desc=desc, unit="batch", mininterval=2.0,
                     disable=not progress):
-        width = max(len(encoded[k]) for k in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, k in enumerate(idx):
-            ids[row, : len(encoded[k])] = torch.tensor(encoded[k])
-            mask[row, : len(encoded[k])] = 1
+        ids, mask = right_padded([encoded[k] for k in idx], tokenizer.pad_token_id)
         probs = torch.sigmoid(pm(input_ids=ids.to(pm.device), attention_mask=mask.to(pm.device)).logits[:, 0].float())
         for row, k in enumerate(idx):
             g, i, j = items[k]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from alignloop.core.config import Params
+from alignloop.core.config import PREFERENCE_ALGOS, Params
 
 ROOT = Path(__file__).resolve().parents[2]  # the project root: alignloop/ lives in it
 
@@ -42,8 +42,6 @@ class Ctx:
     def self_play(self) -> bool:
         """Whether the round samples responses that its training stage ranks with the preference model (sppo, dno,
         inpo): sampled, not scored by the reward."""
-        from alignloop.core.config import PREFERENCE_ALGOS
-
         return self.rnd.algo in PREFERENCE_ALGOS
 
     @property

@@ -34,9 +34,8 @@ _CODE = ("alignloop.ml.selfplay", "alignloop.ml.preference_losses", "alignloop.m
          "alignloop.ml.inference", "alignloop.core.selection", "alignloop.core.seeds", "alignloop.pipeline.lineage")
 
 
-def ref_name(ctx_or_params, round_name: str | None = None) -> str:
+def ref_name(params, r: str) -> str:
     """The round's reference where its loss has one besides the iterate: SFT for inpo, lipo.ref for lipo."""
-    params, r = (ctx_or_params.params, ctx_or_params.round) if isinstance(ctx_or_params, Ctx) else (ctx_or_params, round_name)
     algo = params.rounds[r].algo
     if algo == "inpo":
         return "sft"
@@ -48,7 +47,7 @@ def ref_name(ctx_or_params, round_name: str | None = None) -> str:
 def _deps(algo: str):
     def deps(c: Ctx) -> list[str]:
         data = [layout.PM, layout.samples(c.round)] if algo in PREFERENCE_ALGOS else [layout.rankings(c.round)]
-        return [*start_deps(c.params, c.round), *reference_deps(c.params, c.round, ref_name(c)), *data]
+        return [*start_deps(c.params, c.round), *reference_deps(c.params, c.round, ref_name(c.params, c.round)), *data]
     return deps
 
 
